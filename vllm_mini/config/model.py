@@ -1,0 +1,101 @@
+"""ModelConfig: which model, which dtype, how long a sequence may get.
+
+Stage 1. Mirrors vllm/config/model.py. It resolves the model source (the default SmolLM2 GGUF, a
+.gguf file or an HF checkpoint directory), reads the HF config once, and checks every field against
+what the model allows. Next: cache.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vllm_mini.transformers_utils.config import ModelSource, get_hf_config, resolve_model_source
+
+_STR_TO_DTYPE = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = None
+    dtype: str | torch.dtype = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+    max_logprobs: int = 20
+    served_model_name: str | None = None
+    # Filled in __post_init__.
+    source: ModelSource = field(init=False)
+    hf_config: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.source = resolve_model_source(self.model)
+        self.model = self.source.model
+        self.hf_config = get_hf_config(self.source)
+        if not self.served_model_name:
+            self.served_model_name = self.model
+        self.dtype = self._resolve_dtype(self.dtype)
+        self.max_model_len = self._resolve_max_model_len(self.max_model_len)
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not 0 <= self.max_logprobs <= 20:
+            raise ValueError(f"max_logprobs must be in [0, 20], got {self.max_logprobs}")
+
+    def _resolve_dtype(self, dtype: str | torch.dtype) -> torch.dtype:
+        if isinstance(dtype, torch.dtype):
+            if dtype not in _STR_TO_DTYPE.values():
+                raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+            return dtype
+        if dtype == "auto":
+            # vLLM follows the checkpoint's dtype. On CPU we default to float32: its matmuls are
+            # the fastest there, and outputs match HF transformers' float32 exactly.
+            return torch.float32
+        if dtype not in _STR_TO_DTYPE:
+            allowed = ", ".join(["auto", *_STR_TO_DTYPE])
+            raise ValueError(f"dtype must be one of {allowed}; got {dtype!r}")
+        return _STR_TO_DTYPE[dtype]
+
+    def _resolve_max_model_len(self, max_model_len: int | None) -> int:
+        limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048
+        if max_model_len is None:
+            return int(limit)
+        if not isinstance(max_model_len, int) or not 1 <= max_model_len <= limit:
+            raise ValueError(
+                f"max_model_len must be in [1, {limit}] (the model's max_position_embeddings), "
+                f"got {max_model_len}"
+            )
+        return max_model_len
+
+    # Shapes the rest of the engine needs, read once from the HF config.
+    @property
+    def architecture(self) -> str:
+        return (getattr(self.hf_config, "architectures", None) or ["LlamaForCausalLM"])[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.hf_config.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return getattr(self.hf_config, "num_key_value_heads", None) or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        head_dim = getattr(self.hf_config, "head_dim", None)
+        return head_dim or self.hf_config.hidden_size // self.num_heads

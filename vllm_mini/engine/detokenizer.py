@@ -1,0 +1,63 @@
+"""Incremental detokenization and stop strings.
+
+Stage 5. Mirrors vllm/v1/engine/detokenizer.py. Decoding token by token is subtle: one token can
+be half of a UTF-8 character, and many tokenizers decide spacing from the previous token. The
+`tokenizers` library's DecodeStream keeps exactly the state needed and returns the new text only
+when it is complete (vLLM's FastIncrementalDetokenizer uses it too).
+
+Stop strings are searched only in the newly added text (plus the tail that could overlap a match),
+and the text is cut before the stop string unless `include_stop_str_in_output`.
+"""
+
+from __future__ import annotations
+
+from tokenizers.decoders import DecodeStream
+from transformers import PreTrainedTokenizerBase
+
+from vllm_mini.sampling_params import SamplingParams
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, params: SamplingParams) -> None:
+        self.tokenizer = tokenizer
+        self.params = params
+        self.stop = list(params.stop or [])
+        self.max_stop_len = max((len(s) for s in self.stop), default=0)
+        self.output_text = ""
+        self.token_ids: list[int] = []
+        self.enabled = params.detokenize
+        self._stream = DecodeStream(skip_special_tokens=params.skip_special_tokens)
+        self._backend = tokenizer.backend_tokenizer if self.enabled else None
+
+    def update(self, new_token_ids: list[int], stop_terminated: bool) -> str | None:
+        """Append tokens; return the stop string if one was hit (the text is already cut)."""
+        self.token_ids.extend(new_token_ids)
+        if not self.enabled:
+            return None
+        start = len(self.output_text)
+        for i, token_id in enumerate(new_token_ids):
+            is_last = i == len(new_token_ids) - 1
+            if is_last and stop_terminated and not self.params.include_stop_str_in_output:
+                # eos / stop_token_ids end the request without appearing in the text.
+                break
+            piece = self._stream.step(self._backend, token_id)
+            if piece:
+                self.output_text += piece
+        if not self.stop:
+            return None
+        return self._check_stop_strings(start)
+
+    def _check_stop_strings(self, new_text_start: int) -> str | None:
+        # A match may begin up to max_stop_len - 1 characters before the new text.
+        search_from = max(0, new_text_start - self.max_stop_len + 1)
+        best: tuple[int, str] | None = None
+        for stop in self.stop:
+            idx = self.output_text.find(stop, search_from)
+            if idx != -1 and (best is None or idx < best[0]):
+                best = (idx, stop)
+        if best is None:
+            return None
+        idx, stop = best
+        end = idx + len(stop) if self.params.include_stop_str_in_output else idx
+        self.output_text = self.output_text[:end]
+        return stop

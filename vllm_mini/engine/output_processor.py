@@ -1,0 +1,165 @@
+"""OutputProcessor: engine-core token ids -> RequestOutputs with text, logprobs and timings.
+
+Stage 5. Mirrors vllm/v1/engine/output_processor.py. One RequestState per request detokenizes
+incrementally and applies stop strings; when a stop string ends a request, the engine core did not
+know (it only sees token ids), so the request id is returned in `reqs_to_abort` and the engine
+aborts it there. With n > 1 the parent gathers its children's CompletionOutputs into one
+RequestOutput (vLLM's ParentRequest).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+from vllm_mini.core.sched.output import EngineCoreOutput
+from vllm_mini.engine.detokenizer import IncrementalDetokenizer
+from vllm_mini.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from vllm_mini.sampling_params import SamplingParams
+
+
+@dataclass
+class ParentRequest:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    n: int
+    metrics: RequestMetrics
+    children: dict[str, CompletionOutput] = field(default_factory=dict)
+    num_cached_tokens: int = 0
+
+    def to_output(self) -> RequestOutput:
+        outs = sorted(self.children.values(), key=lambda c: c.index)
+        finished = len(outs) == self.n and all(c.finished() for c in outs)
+        return RequestOutput(
+            self.request_id,
+            self.prompt,
+            self.prompt_token_ids,
+            outs,
+            finished,
+            self.metrics,
+            self.num_cached_tokens,
+        )
+
+
+@dataclass
+class RequestState:
+    child_id: str
+    index: int
+    parent: ParentRequest
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float | None
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.request_states: dict[str, RequestState] = {}
+        self.parents: dict[str, ParentRequest] = {}
+
+    def add_request(
+        self,
+        parent: ParentRequest,
+        child_id: str,
+        index: int,
+        params: SamplingParams,
+    ) -> None:
+        self.parents[parent.request_id] = parent
+        want_logprobs = params.logprobs is not None
+        self.request_states[child_id] = RequestState(
+            child_id,
+            index,
+            parent,
+            params,
+            IncrementalDetokenizer(self.tokenizer, params),
+            [] if want_logprobs else None,
+            0.0 if want_logprobs else None,
+        )
+        parent.children[child_id] = CompletionOutput(index, "", [], None, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.request_states)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.parents)
+
+    def child_ids(self, parent_id: str) -> list[str]:
+        parent = self.parents.get(parent_id)
+        return list(parent.children) if parent else []
+
+    def abort_requests(self, parent_ids: list[str]) -> list[str]:
+        """Forget these parents; return their children's ids for the engine core to abort."""
+        child_ids: list[str] = []
+        for pid in parent_ids:
+            parent = self.parents.pop(pid, None)
+            if parent is None:
+                continue
+            for cid in parent.children:
+                if self.request_states.pop(cid, None) is not None:
+                    child_ids.append(cid)
+        return child_ids
+
+    def process_outputs(
+        self, outputs: list[EngineCoreOutput]
+    ) -> tuple[list[RequestOutput], list[str]]:
+        now = time.monotonic()
+        touched: dict[str, ParentRequest] = {}
+        reqs_to_abort: list[str] = []
+        for out in outputs:
+            state = self.request_states.get(out.request_id)
+            if state is None:
+                continue  # aborted by the user while the step ran
+            parent = state.parent
+            metrics = parent.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            parent.num_cached_tokens = out.num_cached_tokens
+            finish_reason, stop_reason = out.finish_reason, out.stop_reason
+            stop_str = state.detokenizer.update(out.new_token_ids, finish_reason == "stop")
+            if stop_str is not None and finish_reason is None:
+                finish_reason, stop_reason = "stop", stop_str
+                reqs_to_abort.append(out.request_id)
+            self._update_logprobs(state, out)
+            det = state.detokenizer
+            parent.children[state.child_id] = CompletionOutput(
+                index=state.index,
+                text=det.output_text,
+                token_ids=list(det.token_ids),
+                cumulative_logprob=state.cumulative_logprob,
+                logprobs=state.logprobs,
+                finish_reason=finish_reason,
+                stop_reason=stop_reason,
+            )
+            if finish_reason is not None:
+                del self.request_states[state.child_id]
+            touched[parent.request_id] = parent
+
+        results = []
+        for parent in touched.values():
+            request_output = parent.to_output()
+            if request_output.finished:
+                parent.metrics.finished_time = now
+                self.parents.pop(parent.request_id, None)
+            results.append(request_output)
+        return results, reqs_to_abort
+
+    def _update_logprobs(self, state: RequestState, out: EngineCoreOutput) -> None:
+        if state.logprobs is None or out.new_logprobs is None:
+            return
+        lp = out.new_logprobs
+        for ids, values, rank in zip(lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks):
+            entry: dict[int, Logprob] = {}
+            # Column 0 is the sampled token; the rest are the top-k, ranked 1..k.
+            for col, (tok, value) in enumerate(zip(ids, values)):
+                if tok in entry:
+                    continue
+                entry[tok] = Logprob(
+                    value, rank if col == 0 else col, self.tokenizer.decode([tok])
+                )
+            state.logprobs.append(entry)
+            state.cumulative_logprob += values[0]

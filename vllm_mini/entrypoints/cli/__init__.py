@@ -1,0 +1,1 @@
+"""The `vllm-mini` command line. Mirrors vllm/entrypoints/cli/."""

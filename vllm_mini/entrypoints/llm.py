@@ -1,0 +1,106 @@
+"""LLM: offline batch inference, the front door of vllm_mini.
+
+Stage 0/5. Mirrors vllm/entrypoints/llm.py. `LLM(model)` builds an LLMEngine from EngineArgs;
+`generate` adds every prompt as a request and steps the engine until all are done — continuous
+batching happens inside, the caller just gets outputs back in input order. `chat` renders
+conversations with the tokenizer's chat template first. Next: engine/llm_engine.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vllm_mini.engine.arg_utils import EngineArgs
+from vllm_mini.engine.llm_engine import LLMEngine
+from vllm_mini.engine.processor import PromptType
+from vllm_mini.outputs import RequestOutput
+from vllm_mini.sampling_params import SamplingParams
+
+ChatMessage = dict[str, str]
+
+
+class LLM:
+    def __init__(
+        self, model: str | None = None, *, dtype: str = "auto", seed: int = 0, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("disable_log_stats", True)
+        engine_args = EngineArgs.from_kwargs(model=model, dtype=dtype, seed=seed, **kwargs)
+        self.llm_engine = LLMEngine.from_engine_args(engine_args)
+        self._request_counter = 0
+
+    def get_tokenizer(self):
+        return self.llm_engine.get_tokenizer()
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        priority: list[int] | None = None,
+    ) -> list[RequestOutput]:
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prompts)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompts):
+                raise ValueError(
+                    f"got {len(prompts)} prompts but {len(params_list)} sampling_params; "
+                    "pass one SamplingParams or one per prompt"
+                )
+        if priority is not None and len(priority) != len(prompts):
+            raise ValueError(f"priority must have one entry per prompt ({len(prompts)})")
+        request_ids = []
+        try:
+            for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+                request_id = str(self._request_counter)
+                self._request_counter += 1
+                self.llm_engine.add_request(
+                    request_id, prompt, params, priority=priority[i] if priority else 0
+                )
+                request_ids.append(request_id)
+        except ValueError:
+            self.llm_engine.abort_request(request_ids)  # all or nothing
+            raise
+        return self._run_engine(request_ids, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[ChatMessage] | list[list[ChatMessage]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> list[RequestOutput]:
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        tokenizer = self.get_tokenizer()
+        prompts = []
+        for conversation in conversations:
+            text = tokenizer.apply_chat_template(
+                conversation,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                chat_template=chat_template,
+            )
+            # The template already holds the BOS token; do not add special tokens twice.
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run_engine(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(request_ids), desc="Processed prompts", disable=not use_tqdm)
+        while self.llm_engine.has_unfinished_requests():
+            for out in self.llm_engine.step():
+                if out.finished:
+                    finished[out.request_id] = out
+                    bar.update(1)
+        bar.close()
+        return [finished[r] for r in request_ids]

@@ -1,0 +1,34 @@
+"""RMSNorm, with the residual add fused in.
+
+Stage 2. Mirrors vllm/model_executor/layers/layernorm.py (and csrc/layernorm_kernels.cu's
+fused_add_rms_norm). Llama-style blocks compute `x = x + residual; residual = x; x = norm(x)` at
+every sub-layer; doing the add inside the norm saves one pass over memory on a GPU kernel and keeps
+the model code short: `hidden, residual = norm(hidden, residual)`. Next: rotary_embedding.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        self.variance_epsilon = eps
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 (as HF does) so bf16/fp16 inputs do not lose precision.
+        orig_dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(orig_dtype)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x

@@ -1,0 +1,102 @@
+"""Rotary position embedding (RoPE), including Llama 3's frequency scaling.
+
+Stage 2. Mirrors vllm/model_executor/layers/rotary_embedding.py. RoPE rotates each pair of
+dimensions of q and k by an angle proportional to the token's position (RoFormer, Su et al. 2021),
+so q.k depends only on the distance between tokens. We precompute cos/sin for every position once
+(`cos_sin_cache`) and index it by each token's position: with continuous batching, tokens of one
+batch sit at unrelated positions, so the positions tensor is an explicit input.
+
+Pairing follows the GPT-NeoX / HF Llama layout (`rotate_half`): dimension i pairs with i + d/2.
+Next: vocab_parallel_embedding.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _default_inv_freq(rotary_dim: int, base: float) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1's scaling: keep high frequencies, divide low ones by `factor`, blend in between."""
+    factor = scaling["factor"]
+    low_freq_factor = scaling.get("low_freq_factor", 1.0)
+    high_freq_factor = scaling.get("high_freq_factor", 4.0)
+    old_context_len = scaling.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return torch.where(
+        wavelen < high_freq_wavelen,
+        inv_freq,
+        torch.where(wavelen > low_freq_wavelen, inv_freq / factor, blended),
+    )
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(
+        self,
+        head_size: int,
+        rotary_dim: int,
+        max_position_embeddings: int,
+        base: float,
+        rope_scaling: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.head_size = head_size
+        self.rotary_dim = rotary_dim
+        inv_freq = _default_inv_freq(rotary_dim, base)
+        max_pos = max_position_embeddings
+        rope_type = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type"))
+        if rope_type == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, rope_scaling)
+        elif rope_type == "linear":
+            # Position interpolation: positions are squeezed by `factor`.
+            inv_freq = inv_freq / rope_scaling["factor"]
+        elif rope_type not in (None, "default"):
+            raise ValueError(
+                f"rope_scaling type {rope_type!r} is not supported; supported: default, linear, llama3"
+            )
+        t = torch.arange(max_pos, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)  # [max_pos, rotary_dim / 2]
+        cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
+        self.register_buffer("cos_sin_cache", cache, persistent=False)  # [max_pos, rotary_dim]
+
+    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x: [num_tokens, num_heads, head_size]; cos/sin: [num_tokens, 1, rotary_dim / 2]
+        rot, passthrough = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        x1, x2 = rot.chunk(2, dim=-1)
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return torch.cat([rotated, passthrough], dim=-1) if passthrough.numel() else rotated
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: [num_tokens]; query: [num_tokens, num_heads * head_size]; key likewise.
+        num_tokens = positions.shape[0]
+        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+        q = self._apply(query.view(num_tokens, -1, self.head_size), cos, sin)
+        k = self._apply(key.view(num_tokens, -1, self.head_size), cos, sin)
+        return q.reshape(query.shape), k.reshape(key.shape)
+
+
+def get_rope(
+    head_size: int,
+    rotary_dim: int,
+    max_position: int,
+    base: float,
+    rope_scaling: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> RotaryEmbedding:
+    return RotaryEmbedding(
+        head_size, rotary_dim, max_position, base, rope_scaling, dtype or torch.get_default_dtype()
+    )
