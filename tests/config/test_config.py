@@ -17,7 +17,10 @@ from vllm_mini.engine.arg_utils import EngineArgs
     [
         (lambda: CacheConfig(block_size=12), "block_size must be one of"),
         (lambda: CacheConfig(kv_cache_memory_bytes=0), "kv_cache_memory_bytes must be > 0"),
-        (lambda: CacheConfig(gpu_memory_utilization=1.5), r"gpu_memory_utilization must be in \(0, 1\]"),
+        (
+            lambda: CacheConfig(gpu_memory_utilization=1.5),
+            r"gpu_memory_utilization must be in \(0, 1\]",
+        ),
         (lambda: CacheConfig(num_gpu_blocks_override=0), "num_gpu_blocks_override must be >= 1"),
         (lambda: SchedulerConfig(max_num_seqs=0), "max_num_seqs must be >= 1"),
         (lambda: SchedulerConfig(max_num_batched_tokens=0), "max_num_batched_tokens must be >= 1"),

@@ -98,18 +98,28 @@ def test_sampling_controls(tiny_llama_dir):
     p = _prompts(1, seed=5)[0]
     greedy = _tokens(llm.generate([p], GREEDY, use_tqdm=False))[0]
     # stop_token_ids: stop at the 4th greedy token, which is not part of the output text.
-    out = llm.generate([p], SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[greedy[3]]), use_tqdm=False)[0]
+    out = llm.generate(
+        [p],
+        SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[greedy[3]]),
+        use_tqdm=False,
+    )[0]
     first_hit = greedy.index(greedy[3])
     assert out.outputs[0].token_ids == greedy[: first_hit + 1]
     assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == greedy[3]
     # max_tokens caps with finish_reason "length".
-    out = llm.generate([p], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False)[0]
+    out = llm.generate(
+        [p], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False
+    )[0]
     assert out.outputs[0].token_ids == greedy[:3] and out.outputs[0].finish_reason == "length"
     # Seeds: same seed same tokens, n=2 gives two different samples.
     sp = SamplingParams(temperature=1.0, max_tokens=10, seed=7, ignore_eos=True)
     a, b = (_tokens(llm.generate([p], sp, use_tqdm=False))[0] for _ in range(2))
     assert a == b
-    two = llm.generate([p], SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=1, ignore_eos=True), use_tqdm=False)[0]
+    two = llm.generate(
+        [p],
+        SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=1, ignore_eos=True),
+        use_tqdm=False,
+    )[0]
     assert len(two.outputs) == 2 and two.outputs[0].token_ids != two.outputs[1].token_ids
     _assert_no_leak(llm)
 
@@ -120,10 +130,24 @@ def test_stop_strings_cut_the_text(tiny_llama_dir):
     full = llm.generate([p], GREEDY, use_tqdm=False)[0].outputs[0].text
     words = full.split()
     stop = words[2]
-    out = llm.generate([p], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop=[stop]), use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        [p],
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop=[stop]),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == stop
     assert stop not in out.text and full.startswith(out.text)
-    kept = llm.generate([p], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop=[stop], include_stop_str_in_output=True), use_tqdm=False)[0].outputs[0]
+    kept = llm.generate(
+        [p],
+        SamplingParams(
+            temperature=0,
+            max_tokens=12,
+            ignore_eos=True,
+            stop=[stop],
+            include_stop_str_in_output=True,
+        ),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert kept.text.endswith(stop)
     _assert_no_leak(llm)
 
@@ -132,7 +156,11 @@ def test_logprobs_are_log_softmax_of_model_logits(tiny_llama_dir):
     llm = LLM(str(tiny_llama_dir), kv_cache_memory_bytes=1 << 22)
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     p = _prompts(1, seed=8)[0]
-    out = llm.generate([p], SamplingParams(temperature=0, max_tokens=3, logprobs=2, ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        [p],
+        SamplingParams(temperature=0, max_tokens=3, logprobs=2, ignore_eos=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     ids = p["prompt_token_ids"] + out.token_ids
     with torch.no_grad():
         ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), -1)
@@ -142,7 +170,13 @@ def test_logprobs_are_log_softmax_of_model_logits(tiny_llama_dir):
         assert entry[token].rank == 1  # greedy token is the top-1
         assert abs(entry[token].logprob - ref[n - 1 + step, token].item()) < 1e-4
         assert len(entry) == 2  # sampled token is also the top-1, plus the 2nd best
-    assert abs(out.cumulative_logprob - sum(out.logprobs[i][t].logprob for i, t in enumerate(out.token_ids))) < 1e-5
+    assert (
+        abs(
+            out.cumulative_logprob
+            - sum(out.logprobs[i][t].logprob for i, t in enumerate(out.token_ids))
+        )
+        < 1e-5
+    )
 
 
 def test_bad_requests_raise_and_engine_keeps_serving(tiny_llama_dir):

@@ -74,7 +74,9 @@ def test_qkv_shards_reassemble_with_kv_replication(tp, num_kv_heads):
     q = torch.randn(num_heads * head, hidden)
     k = torch.randn(num_kv_heads * head, hidden)
     v = torch.randn(num_kv_heads * head, hidden)
-    layers = _ranks(tp, lambda: QKVParallelLinear(hidden, head, num_heads, num_kv_heads, bias=False))
+    layers = _ranks(
+        tp, lambda: QKVParallelLinear(hidden, head, num_heads, num_kv_heads, bias=False)
+    )
     for layer in layers:
         for shard_id, t in (("q", q), ("k", k), ("v", v)):
             layer.weight.weight_loader(layer.weight, t, shard_id)

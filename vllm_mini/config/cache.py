@@ -29,9 +29,7 @@ class CacheConfig:
                 f"block_size must be one of {list(_ALLOWED_BLOCK_SIZES)}, got {self.block_size}"
             )
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
-            raise ValueError(
-                f"kv_cache_memory_bytes must be > 0, got {self.kv_cache_memory_bytes}"
-            )
+            raise ValueError(f"kv_cache_memory_bytes must be > 0, got {self.kv_cache_memory_bytes}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"

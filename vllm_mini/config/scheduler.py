@@ -29,7 +29,9 @@ class SchedulerConfig:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.policy not in _POLICIES:
-            raise ValueError(f"scheduling policy must be one of {list(_POLICIES)}, got {self.policy!r}")
+            raise ValueError(
+                f"scheduling policy must be one of {list(_POLICIES)}, got {self.policy!r}"
+            )
 
     def verify_with_model_len(self) -> None:
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:

@@ -14,7 +14,9 @@ from vllm_mini.distributed.parallel_state import get_tensor_model_parallel_world
 
 
 def _distributed() -> bool:
-    return get_tensor_model_parallel_world_size() > 1 and dist.is_available() and dist.is_initialized()
+    return (
+        get_tensor_model_parallel_world_size() > 1 and dist.is_available() and dist.is_initialized()
+    )
 
 
 def tensor_model_parallel_all_reduce(x: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,9 @@ class EngineArgs:
                 )
                 continue
             base = _base_type(hint)
-            group.add_argument(flag, type=base, default=f.default, help=f"{help_text} (default: {f.default})")
+            group.add_argument(
+                flag, type=base, default=f.default, help=f"{help_text} (default: {f.default})"
+            )
         return parser
 
     @classmethod

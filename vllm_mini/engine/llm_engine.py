@@ -35,6 +35,8 @@ class LLMEngine:
         self.stats = EngineStats()
         self.stat_logger = LoggingStatLogger() if log_stats else None
         self.eos_token_id = self.tokenizer.eos_token_id
+        # Optional step recorder (engine/trace.py) for the visualizer; None costs nothing.
+        self.trace_recorder = None
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> LLMEngine:
@@ -95,6 +97,9 @@ class LLMEngine:
         request_outputs, reqs_to_abort = self.output_processor.process_outputs(core_outputs)
         if reqs_to_abort:
             self.engine_core.abort_requests(reqs_to_abort)
+        if self.trace_recorder is not None:
+            finished = [o.request_id for o in core_outputs if o.finished] + reqs_to_abort
+            self.trace_recorder.record(finished)
         for out in request_outputs:
             if out.finished:
                 self.stats.record_finished(out)

@@ -158,8 +158,6 @@ class OutputProcessor:
             for col, (tok, value) in enumerate(zip(ids, values)):
                 if tok in entry:
                     continue
-                entry[tok] = Logprob(
-                    value, rank if col == 0 else col, self.tokenizer.decode([tok])
-                )
+                entry[tok] = Logprob(value, rank if col == 0 else col, self.tokenizer.decode([tok]))
             state.logprobs.append(entry)
             state.cumulative_logprob += values[0]

@@ -60,6 +60,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.model: torch.nn.Module | None = None
         self.attn_layers: list[Attention] = []
+        self._paused_generators: dict[str, torch.Generator] = {}
 
     def load_model(self) -> None:
         self.model = get_model(self.vllm_config)
@@ -70,7 +71,9 @@ class ModelRunner:
         if self.vllm_config.attention_config.backend == "naive":
             return  # the naive backend keeps its own contiguous per-request caches
         for layer in self.attn_layers:
-            shape = get_kv_cache_shape(num_blocks, self.block_size, layer.num_kv_heads, layer.head_size)
+            shape = get_kv_cache_shape(
+                num_blocks, self.block_size, layer.num_kv_heads, layer.head_size
+            )
             # zeros, not empty: kernels never read unwritten slots, but garbage NaNs would be hard
             # to debug if one ever did.
             layer.kv_cache = torch.zeros(shape, dtype=self.model_config.dtype, device=self.device)
@@ -79,14 +82,20 @@ class ModelRunner:
     def _update_states(self, so: SchedulerOutput) -> None:
         gone = so.finished_req_ids | so.preempted_req_ids
         for req_id in gone:
-            self.requests.pop(req_id, None)
+            state = self.requests.pop(req_id, None)
+            if req_id in so.preempted_req_ids and state is not None and state.generator is not None:
+                # Keep a preempted request's random stream: when it resumes, it continues it, so
+                # a seeded request samples the same tokens whether or not it was preempted.
+                self._paused_generators[req_id] = state.generator
+        for req_id in so.finished_req_ids:
+            self._paused_generators.pop(req_id, None)
         if gone and self.vllm_config.attention_config.backend == "naive":
             for layer in self.attn_layers:
                 layer.impl.free_requests(gone)
         for new in so.scheduled_new_reqs:
             params = new.sampling_params
-            generator = None
-            if params.seed is not None:
+            generator = self._paused_generators.pop(new.req_id, None)
+            if generator is None and params.seed is not None:
                 generator = torch.Generator(device=self.device).manual_seed(params.seed)
             self.requests[new.req_id] = CachedRequestState(
                 req_id=new.req_id,
@@ -97,9 +106,6 @@ class ModelRunner:
                 output_token_ids=list(new.output_token_ids),
                 generator=generator,
             )
-            if new.output_token_ids and generator is not None:
-                # A resumed request continues its random stream where it left off.
-                _advance(generator, len(new.output_token_ids), self.model_config.vocab_size)
         cached = so.scheduled_cached_reqs
         for req_id, block_ids, num_computed in zip(
             cached.req_ids, cached.new_block_ids, cached.num_computed_tokens
@@ -172,7 +178,9 @@ class ModelRunner:
         sampled: list[list[int]] = [[] for _ in req_ids]
         logprobs = None
         if sample_rows:
-            last_token_idx = torch.tensor([meta.query_start_loc_cpu[i + 1] - 1 for i in sample_rows])
+            last_token_idx = torch.tensor(
+                [meta.query_start_loc_cpu[i + 1] - 1 for i in sample_rows]
+            )
             logits = self.model.compute_logits(hidden_states[last_token_idx.to(self.device)])
             states = [self.requests[req_ids[i]] for i in sample_rows]
             metadata = SamplingMetadata.from_params(
@@ -189,7 +197,9 @@ class ModelRunner:
                 states[j].output_token_ids.append(tokens[j])
                 sampled[i] = [tokens[j]]
             if out.logprobs_tensors is not None:
-                logprobs = _scatter_logprobs(out.logprobs_tensors.tolists(), sample_rows, len(req_ids))
+                logprobs = _scatter_logprobs(
+                    out.logprobs_tensors.tolists(), sample_rows, len(req_ids)
+                )
         return ModelRunnerOutput(
             req_ids=req_ids,
             req_id_to_index={r: i for i, r in enumerate(req_ids)},
@@ -198,15 +208,11 @@ class ModelRunner:
         )
 
 
-def _advance(generator: torch.Generator, steps: int, vocab_size: int) -> None:
-    """Replay the random draws a seeded request made before preemption (one row per token)."""
-    for _ in range(steps):
-        torch.empty(1, vocab_size, device=generator.device).exponential_(generator=generator)
-
-
 def _scatter_logprobs(lists, rows: list[int], num_reqs: int) -> LogprobsLists:
     ids, lps, ranks = lists
-    out = LogprobsLists([[] for _ in range(num_reqs)], [[] for _ in range(num_reqs)], [0] * num_reqs)
+    out = LogprobsLists(
+        [[] for _ in range(num_reqs)], [[] for _ in range(num_reqs)], [0] * num_reqs
+    )
     for j, i in enumerate(rows):
         out.logprob_token_ids[i] = ids[j]
         out.logprobs[i] = lps[j]

@@ -37,7 +37,12 @@ class Worker:
             self.vllm_config.device_config.torch_device
         )
         num_blocks = get_num_blocks(
-            budget, model.num_layers, cache.block_size, model.num_kv_heads, model.head_size, model.dtype
+            budget,
+            model.num_layers,
+            cache.block_size,
+            model.num_kv_heads,
+            model.head_size,
+            model.dtype,
         )
         # No request can ever need more than max_num_seqs full-length sequences' worth of blocks.
         blocks_per_seq = -(-model.max_model_len // cache.block_size)

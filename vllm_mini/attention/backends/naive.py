@@ -27,7 +27,9 @@ def naive_attention(
     q_len, num_heads, _ = query.shape
     kv_len, num_kv_heads, _ = key.shape
     if num_heads % num_kv_heads != 0:
-        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        raise ValueError(
+            f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+        )
     # GQA: each group of num_heads // num_kv_heads query heads shares one KV head.
     group = num_heads // num_kv_heads
     k = key.float().repeat_interleave(group, dim=1)  # [kv_len, num_heads, head_size]

@@ -47,7 +47,9 @@ class SchedulerStats:
 
     @property
     def prefix_cache_hit_rate(self) -> float:
-        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+        return (
+            self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+        )
 
 
 class Scheduler:
@@ -259,7 +261,10 @@ class Scheduler:
                 request.status = RequestStatus.FINISHED_STOPPED
                 request.stop_reason = last
                 return True
-        if request.num_tokens >= self.max_model_len or request.num_output_tokens >= params.max_tokens:
+        if (
+            request.num_tokens >= self.max_model_len
+            or request.num_output_tokens >= params.max_tokens
+        ):
             request.status = RequestStatus.FINISHED_LENGTH_CAPPED
             return True
         return False

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     gen = sub.add_parser("generate", help="generate completions for prompts")
     gen.add_argument("prompts", nargs="+")
     gen.add_argument(
-        "--chat-template-off", action="store_true", help="send prompts raw, without the chat template"
+        "--chat-template-off",
+        action="store_true",
+        help="send prompts raw, without the chat template",
     )
     _add_sampling_args(gen)
     EngineArgs.add_cli_args(gen)

@@ -18,7 +18,9 @@ from safetensors import safe_open
 def default_weight_loader(param: torch.nn.Parameter, loaded_weight: torch.Tensor) -> None:
     """Copy a whole tensor into a parameter that is not sharded (norms, for example)."""
     if param.shape != loaded_weight.shape:
-        raise ValueError(f"shape mismatch: param {tuple(param.shape)} vs checkpoint {tuple(loaded_weight.shape)}")
+        raise ValueError(
+            f"shape mismatch: param {tuple(param.shape)} vs checkpoint {tuple(loaded_weight.shape)}"
+        )
     param.data.copy_(loaded_weight)
 
 

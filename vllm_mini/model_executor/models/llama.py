@@ -59,7 +59,9 @@ class LlamaAttention(nn.Module):
         super().__init__()
         hidden_size = config.hidden_size
         self.total_num_heads = config.num_attention_heads
-        self.total_num_kv_heads = getattr(config, "num_key_value_heads", None) or self.total_num_heads
+        self.total_num_kv_heads = (
+            getattr(config, "num_key_value_heads", None) or self.total_num_heads
+        )
         self.head_dim = getattr(config, "head_dim", None) or hidden_size // self.total_num_heads
         self.qkv_proj = QKVParallelLinear(
             hidden_size,
@@ -215,7 +217,9 @@ class LlamaForCausalLM(nn.Module):
                     break
             else:
                 if name not in params:
-                    raise ValueError(f"checkpoint tensor {name!r} has no parameter in {type(self).__name__}")
+                    raise ValueError(
+                        f"checkpoint tensor {name!r} has no parameter in {type(self).__name__}"
+                    )
                 loader = getattr(params[name], "weight_loader", default_weight_loader)
                 loader(params[name], tensor)
                 loaded.add(name)

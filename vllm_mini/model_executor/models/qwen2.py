@@ -15,5 +15,7 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         if getattr(vllm_config.model_config.hf_config, "use_sliding_window", False):
-            raise ValueError("use_sliding_window=True is not supported (no sliding-window attention)")
+            raise ValueError(
+                "use_sliding_window=True is not supported (no sliding-window attention)"
+            )
         super().__init__(vllm_config=vllm_config, prefix=prefix)
