@@ -57,7 +57,8 @@ class LLMEngine:
         if request_id in self.output_processor.parents:
             raise ValueError(f"request_id {request_id!r} is already in use")
         prompt_text, prompt_ids = self.processor.tokenize_prompt(prompt)
-        params = self.processor.validate(prompt_ids, params)
+        params = self.processor.validate(prompt_ids, params).clone()
+        params.update_from_generation_config(self.eos_token_id)
         arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         parent = ParentRequest(
             request_id, prompt_text, prompt_ids, params.n, RequestMetrics(arrival_time)

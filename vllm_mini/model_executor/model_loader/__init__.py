@@ -3,6 +3,22 @@
 Read loader.py first, then weight_utils.py (safetensors) and gguf_loader.py (the default model).
 """
 
-from vllm_mini.model_executor.model_loader.loader import get_model
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from vllm_mini.config import VllmConfig
+
+
+def get_model(vllm_config: VllmConfig) -> nn.Module:
+    # Imported here: the config package imports default_model from this package, so importing
+    # the loader (which needs the config) at module level would be circular.
+    from vllm_mini.model_executor.model_loader.loader import get_model as _get_model
+
+    return _get_model(vllm_config)
+
 
 __all__ = ["get_model"]

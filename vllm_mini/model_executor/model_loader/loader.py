@@ -36,7 +36,9 @@ def _weights_iterator(vllm_config: VllmConfig) -> Iterator[tuple[str, torch.Tens
             raise ValueError(f"load_format must be auto or gguf for a .gguf model, got {fmt!r}")
         from vllm_mini.model_executor.model_loader.gguf_loader import gguf_weights_iterator
 
-        return gguf_weights_iterator(source.gguf_file, dtype=model_config.dtype)
+        return gguf_weights_iterator(
+            source.gguf_file, dtype=model_config.dtype, hf_config=model_config.hf_config
+        )
     if fmt == "gguf":
         raise ValueError("load_format='gguf' needs a .gguf model file")
     files = get_safetensors_files(source.hf_config_dir)

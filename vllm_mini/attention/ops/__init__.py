@@ -1,0 +1,67 @@
+"""PagedAttention kernels behind one interface, chosen by name.
+
+Stage 4. Mirrors vllm/attention/ops/ (paged_attn.py) and the kernels in csrc/. Every
+implementation provides the same two functions:
+
+- `reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)`: write the new tokens' K/V
+  ([T, kv_heads, D]) into their slots of the paged cache ([num_blocks, block_size, kv_heads, D]);
+  slot = block_id * block_size + offset; negative slots are padding and skipped.
+- `paged_attention(query, key_cache, value_cache, block_table, seq_lens, query_start_loc,
+  max_query_len, max_seq_len, scale, out=None)`: sequence i owns query rows
+  query_start_loc[i]:query_start_loc[i+1]; they are the LAST q_len tokens of its seq_lens[i]-long
+  context and attend causally. Decode is q_len == 1; chunked prefill / prefix hits are q_len > 1.
+
+Names: `torch` (the reference), plus the kernels that are available on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+PAGED_BACKENDS = ("torch", "triton", "cpu", "cuda")
+_MODULES = {
+    "torch": "vllm_mini.attention.ops.paged_attn_torch",
+    "triton": "vllm_mini.attention.ops.triton_paged_attn",
+    "cpu": "vllm_mini.attention.ops.cpu_paged_attn",
+    "cuda": "vllm_mini.attention.ops.cuda_paged_attn",
+}
+
+
+@dataclass(frozen=True)
+class PagedAttentionOps:
+    reshape_and_cache: Callable[..., None]
+    paged_attention: Callable[..., torch.Tensor]
+
+
+def _unavailable_reason(name: str) -> str | None:
+    if name not in _MODULES:
+        return f"unknown paged attention backend {name!r}; choose one of {list(PAGED_BACKENDS)}"
+    if name == "cuda" and not torch.cuda.is_available():
+        return "the cuda backend needs a CUDA device"
+    if importlib.util.find_spec(_MODULES[name]) is None:
+        return f"the {name} backend is not part of this build"
+    return None
+
+
+def is_paged_attention_available(name: str) -> bool:
+    if _unavailable_reason(name) is not None:
+        return False
+    try:
+        get_paged_attention_ops(name)
+    except (RuntimeError, ImportError, OSError):
+        return False
+    return True
+
+
+def get_paged_attention_ops(name: str) -> PagedAttentionOps:
+    reason = _unavailable_reason(name)
+    if reason is not None:
+        if name not in _MODULES:
+            raise ValueError(reason)
+        raise RuntimeError(reason)
+    module = importlib.import_module(_MODULES[name])
+    return PagedAttentionOps(module.reshape_and_cache, module.paged_attention)
