@@ -70,23 +70,34 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(t, inv_freq)  # [max_pos, rotary_dim / 2]
         cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
         self.register_buffer("cos_sin_cache", cache, persistent=False)  # [max_pos, rotary_dim]
+        self._cached_positions: torch.Tensor | None = None
+        self._cached_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x: [num_tokens, num_heads, head_size]; cos/sin: [num_tokens, 1, rotary_dim / 2]
-        rot, passthrough = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
-        x1, x2 = rot.chunk(2, dim=-1)
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return torch.cat([rotated, passthrough], dim=-1) if passthrough.numel() else rotated
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Every layer sees the same positions tensor in one forward pass: look it up once.
+        if positions is not self._cached_positions:
+            cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+            self._cached_positions, self._cached_cos_sin = positions, (cos, sin)
+        return self._cached_cos_sin
 
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [num_tokens]; query: [num_tokens, num_heads * head_size]; key likewise.
         num_tokens = positions.shape[0]
-        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
-        q = self._apply(query.view(num_tokens, -1, self.head_size), cos, sin)
-        k = self._apply(key.view(num_tokens, -1, self.head_size), cos, sin)
-        return q.reshape(query.shape), k.reshape(key.shape)
+        cos, sin = self._cos_sin(positions)  # each [num_tokens, 1, rotary_dim / 2]
+        # Rotate q and k heads together: one set of ops instead of two.
+        qk = torch.cat([query, key], dim=-1).view(num_tokens, -1, self.head_size)
+        rot, passthrough = qk[..., : self.rotary_dim], qk[..., self.rotary_dim :]
+        x1, x2 = rot.chunk(2, dim=-1)
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        if passthrough.numel():
+            rotated = torch.cat([rotated, passthrough], dim=-1)
+        rotated = rotated.view(num_tokens, -1)
+        return rotated[:, : query.shape[-1]], rotated[:, query.shape[-1] :]
+
+
+_ROPE_CACHE: dict[tuple, RotaryEmbedding] = {}
 
 
 def get_rope(
@@ -97,6 +108,14 @@ def get_rope(
     rope_scaling: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
 ) -> RotaryEmbedding:
-    return RotaryEmbedding(
-        head_size, rotary_dim, max_position, base, rope_scaling, dtype or torch.get_default_dtype()
-    )
+    """Layers with identical settings share one instance (vLLM caches them the same way), so the
+    cos/sin table exists once and each step's lookup is done once for all layers."""
+    dtype = dtype or torch.get_default_dtype()
+    device = torch.empty(0).device  # the device of the surrounding `with torch.device(...)`
+    scaling_key = tuple(sorted((rope_scaling or {}).items()))
+    key = (head_size, rotary_dim, max_position, base, scaling_key, dtype, device)
+    if key not in _ROPE_CACHE:
+        _ROPE_CACHE[key] = RotaryEmbedding(
+            head_size, rotary_dim, max_position, base, rope_scaling, dtype
+        )
+    return _ROPE_CACHE[key]
