@@ -138,11 +138,12 @@ class TraceRecorder:
                 )
             )
         blocks = []
+        cached_map = kv.block_pool.cached_block_hash_to_block
         for block in kv.block_pool.blocks:
             if block.ref_cnt > 0:
                 state = "owned"
-            elif block.block_hash is not None:
-                state = "cached"
+            elif block.block_hash is not None and cached_map.get(block.block_hash) is block:
+                state = "cached"  # a prefix-cache lookup would find exactly this block
             else:
                 state = "free"
             blocks.append((state, block.ref_cnt, _hash_prefix(block.block_hash)))
