@@ -65,11 +65,12 @@ def main() -> None:
     )
     if not args.skip_hf:
         model = load_hf_peer(args.model)
+    model.generation_config.eos_token_id = None  # like ignore_eos: never stop early
         ids = torch.tensor([prompt])
         with torch.inference_mode():
             model.generate(ids, max_new_tokens=8, do_sample=False)
             t = time.perf_counter()
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
             theirs = n / (time.perf_counter() - t)
         print(f"HF generate batch-1 decode: {theirs:.1f} tok/s")
         print(f"ratio vllm_mini / HF = {ours / theirs:.2f}x")

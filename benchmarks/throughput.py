@@ -60,6 +60,7 @@ def run_vllm_mini(args, prompts, out_lens) -> tuple[float, int, float]:
 @torch.inference_mode()
 def run_hf(args, prompts, out_lens) -> tuple[float, int]:
     model = load_hf_peer(args.model)
+    model.generation_config.eos_token_id = None  # like ignore_eos: never stop early
     pad = 0
     start = time.perf_counter()
     useful = 0
@@ -72,7 +73,6 @@ def run_hf(args, prompts, out_lens) -> tuple[float, int]:
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max(lens),
-            min_new_tokens=max(lens),
             do_sample=False,
             pad_token_id=pad,
         )

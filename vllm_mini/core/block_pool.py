@@ -50,7 +50,9 @@ class BlockPool:
 
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
         if num_blocks > self.get_num_free_blocks():
-            raise ValueError(f"cannot allocate {num_blocks} blocks, {self.get_num_free_blocks()} free")
+            raise ValueError(
+                f"cannot allocate {num_blocks} blocks, {self.get_num_free_blocks()} free"
+            )
         blocks = self.free_block_queue.popleft_n(num_blocks)
         for block in blocks:
             self._maybe_evict_cached_block(block)

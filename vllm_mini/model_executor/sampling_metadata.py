@@ -84,7 +84,9 @@ class SamplingMetadata:
             no_penalties=no_penalties,
             prompt_token_ids=prompt_tensor,
             output_token_ids=output_token_ids,
-            presence_penalties=None if no_penalties else tensor([p.presence_penalty for p in params]),
+            presence_penalties=None
+            if no_penalties
+            else tensor([p.presence_penalty for p in params]),
             frequency_penalties=None
             if no_penalties
             else tensor([p.frequency_penalty for p in params]),

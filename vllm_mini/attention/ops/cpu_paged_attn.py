@@ -21,7 +21,9 @@ def _ext() -> ModuleType:
     from torch.utils.cpp_extension import load
 
     if not _SOURCE.exists():
-        raise RuntimeError(f"C++ source {_SOURCE} not found (the cpu backend needs the repo's csrc/)")
+        raise RuntimeError(
+            f"C++ source {_SOURCE} not found (the cpu backend needs the repo's csrc/)"
+        )
     return load(
         name="vllm_mini_cpu_paged_attention",
         sources=[str(_SOURCE)],

@@ -64,8 +64,16 @@ def paged_attention(
 ) -> torch.Tensor:
     if max_query_len > 1:
         return paged_attn_torch.paged_attention(
-            query, key_cache, value_cache, block_table, seq_lens, query_start_loc,
-            max_query_len, max_seq_len, scale, out,
+            query,
+            key_cache,
+            value_cache,
+            block_table,
+            seq_lens,
+            query_start_loc,
+            max_query_len,
+            max_seq_len,
+            scale,
+            out,
         )
     query = query.contiguous()
     out = torch.empty_like(query) if out is None else out

@@ -30,9 +30,7 @@ def reshape_and_cache(
     flat_v.index_copy_(0, slots, value[valid])
 
 
-def gather_kv(
-    cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int
-) -> torch.Tensor:
+def gather_kv(cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> torch.Tensor:
     """[blocks, bs, H, D] + this sequence's block ids -> its first seq_len tokens, [seq_len, H, D]."""
     block_size = cache.shape[1]
     num_blocks = -(-seq_len // block_size)

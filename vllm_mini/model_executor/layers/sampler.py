@@ -52,7 +52,9 @@ def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
             )
     output_counts = counts[:, :vocab]
     prompt_mask = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=logits.device)
-    prompt_mask.scatter_(1, md.prompt_token_ids, True)  # padding id = vocab lands in the spare column
+    prompt_mask.scatter_(
+        1, md.prompt_token_ids, True
+    )  # padding id = vocab lands in the spare column
     seen = prompt_mask[:, :vocab] | (output_counts > 0)
     rep = md.repetition_penalties.unsqueeze(1)
     # Seen tokens get less likely: positive logits are divided, negative ones multiplied.
@@ -124,7 +126,9 @@ class Sampler(nn.Module):
         sampled_lp = logprobs.gather(1, sampled.unsqueeze(1))  # [B, 1]
         # Rank 1 = most likely; count tokens strictly more likely than the sampled one.
         ranks = (logprobs > sampled_lp).sum(dim=-1) + 1
-        top_lp, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (sampled_lp[:, :0], sampled.unsqueeze(1)[:, :0])
+        top_lp, top_ids = (
+            logprobs.topk(k, dim=-1) if k > 0 else (sampled_lp[:, :0], sampled.unsqueeze(1)[:, :0])
+        )
         return LogprobsTensors(
             torch.cat([sampled.unsqueeze(1), top_ids], dim=1),
             torch.cat([sampled_lp, top_lp], dim=1),
