@@ -65,7 +65,7 @@ def main() -> None:
     )
     if not args.skip_hf:
         model = load_hf_peer(args.model)
-    model.generation_config.eos_token_id = None  # like ignore_eos: never stop early
+        model.generation_config.eos_token_id = None  # like ignore_eos: never stop early
         ids = torch.tensor([prompt])
         with torch.inference_mode():
             model.generate(ids, max_new_tokens=8, do_sample=False)
