@@ -40,7 +40,7 @@ test: model
 	.venv/bin/ruff format --check .
 	$(MAKE) csrc-check
 	$(PY) -m pytest -q
-	.venv/bin/mkdocs build --strict -q
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -q
 
 docs: venv
 	.venv/bin/mkdocs serve -a 127.0.0.1:8001
