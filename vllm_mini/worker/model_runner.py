@@ -129,10 +129,8 @@ class ModelRunner:
             start = state.num_computed_tokens
             end = start + so.num_scheduled_tokens[req_id]
             input_ids.extend(state.token_ids(start, end))
-            pos = range(start, end)
-            positions.extend(pos)
-            blocks = state.block_ids
-            slots.extend(blocks[p // bs] * bs + p % bs for p in pos)
+            positions.extend(range(start, end))
+            slots.extend(compute_slot_mapping(state.block_ids, start, end, bs))
             query_start_loc.append(query_start_loc[-1] + end - start)
             seq_lens.append(end)
         max_blocks = max(len(self.requests[r].block_ids) for r in req_ids)
@@ -206,6 +204,11 @@ class ModelRunner:
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+
+
+def compute_slot_mapping(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:
+    """KV slot of each position in [start, end): its physical block * block_size + offset."""
+    return [block_ids[p // block_size] * block_size + p % block_size for p in range(start, end)]
 
 
 def _scatter_logprobs(lists, rows: list[int], num_reqs: int) -> LogprobsLists:
