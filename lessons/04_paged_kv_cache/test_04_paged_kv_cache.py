@@ -5,31 +5,17 @@ Runs `solutions.py` by default; `LESSON_IMPL=exercises` checks your `exercises.p
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import random
-import sys
-from pathlib import Path
 
 import torch
 
+from lessons._impl import load_impl
 from tests.kernels.test_paged_attention import _case
 from vllm_mini.attention.backends.naive import naive_attention
 from vllm_mini.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock
 from vllm_mini.worker.model_runner import compute_slot_mapping
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"lesson04_{name}", Path(__file__).with_name(f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-impl = _load(os.environ.get("LESSON_IMPL", "solutions"))
+impl = load_impl(__file__)
 
 
 def test_free_queue_behaves_like_the_engines():

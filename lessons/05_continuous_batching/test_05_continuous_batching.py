@@ -5,28 +5,14 @@ Runs `solutions.py` by default; `LESSON_IMPL=exercises` checks your `exercises.p
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-
 import pytest
 
+from lessons._impl import load_impl
 from tests.conftest import make_tiny_checkpoint
 from tests.core.test_scheduler import fake_step, make_request, make_scheduler
 
-
-def _load(name: str):
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"lesson05_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-impl = _load(os.environ.get("LESSON_IMPL", "solutions"))
-ref = _load("solutions")
+impl = load_impl(__file__)
+ref = load_impl(__file__, "solutions")
 
 
 @pytest.fixture(scope="module")
