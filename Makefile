@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test venv model lint format docs app bench clean csrc-check
+.PHONY: demo test venv model lint format docs app bench clean csrc-check chromium
 
 venv: $(STAMP)
 
@@ -35,7 +35,12 @@ format: venv
 csrc-check:
 	bash csrc/check_nvcc.sh
 
-test: model
+# Debian's headless Chromium for the visualizer's real-browser test (tests/app/test_browser.py).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "WARNING: could not install chromium; the browser test will be skipped"
+
+test: model chromium
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(MAKE) csrc-check

@@ -1,0 +1,157 @@
+"""HTML for the KV-cache views: the physical block pool grid and each request's block table.
+
+Stage 4 teaching tool. Mirrors the data of vllm/v1/core/block_pool.py (every physical block, its
+ref count and its hash while it sits cached in the free queue) and of kv_cache_manager.py (each
+request's block table, logical block i -> physical block). Pure functions from a StepTrace to an
+HTML string, so tests can check them without Streamlit. Next: step_views.py.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from vllm_mini.engine.trace import StepTrace, Trace
+
+# Qualitative palette (Tableau 10 + extras), readable with dark text.
+PALETTE = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+    "#ff9da7", "#9c755f", "#86bcb6", "#d4a6c8", "#8cd17d", "#f1ce63", "#a0cbe8",
+]  # fmt: skip
+
+CSS = """
+<style>
+.kv-grid { display: flex; flex-wrap: wrap; gap: 4px; margin: 4px 0 10px 0; }
+.kv-block { width: 46px; height: 46px; border: 1px solid #888; border-radius: 4px;
+  font: 11px/1.15 monospace; display: flex; flex-direction: column; align-items: center;
+  justify-content: center; position: relative; color: #111; background: #fff; }
+.kv-block .kv-id { font-size: 9px; opacity: .75; }
+.kv-block .kv-owner { font-weight: 700; }
+.kv-block .kv-ref { position: absolute; top: -6px; right: -6px; background: #111; color: #fff;
+  border-radius: 8px; padding: 0 4px; font-size: 10px; }
+.kv-cached { background: repeating-linear-gradient(45deg, #ddd 0 4px, #f6f6f6 4px 8px);
+  color: #666; border-style: dashed; }
+.kv-free { background: #fff; color: #bbb; border-color: #ccc; }
+.kv-null { background: #333; color: #eee; }
+.kv-legend { display: flex; gap: 14px; font: 12px sans-serif; align-items: center; }
+.kv-legend .kv-block { width: 22px; height: 16px; display: inline-block; }
+.kv-tables { font: 12px monospace; }
+.kv-table-row { display: flex; align-items: center; gap: 3px; margin: 3px 0; flex-wrap: wrap; }
+.kv-req { min-width: 150px; padding: 2px 6px; border-radius: 4px; color: #111; }
+.kv-cell { width: 52px; height: 26px; border: 1px solid #777; border-radius: 3px;
+  position: relative; background: #fff; text-align: center; line-height: 26px; }
+.kv-cell .kv-fill { position: absolute; left: 0; bottom: 0; top: 0; opacity: .55; }
+.kv-cell span { position: relative; }
+.kv-empty { color: #999; font-style: italic; }
+</style>
+"""
+
+
+def request_colors(trace: Trace) -> dict[str, str]:
+    """A stable color per request id, in order of first appearance in the trace."""
+    colors: dict[str, str] = {}
+    for step in trace.steps:
+        for rid in [*step.new_request_ids, *(r.request_id for r in step.requests)]:
+            if rid not in colors:
+                colors[rid] = PALETTE[len(colors) % len(PALETTE)]
+    return colors
+
+
+def block_owners(step: StepTrace) -> dict[int, list[str]]:
+    """Physical block id -> the requests whose block table points at it."""
+    owners: dict[int, list[str]] = {}
+    for request in step.requests:
+        for block_id in request.block_ids:
+            owners.setdefault(block_id, []).append(request.request_id)
+    return owners
+
+
+def _background(owner_ids: list[str], colors: dict[str, str]) -> str:
+    if len(owner_ids) == 1:
+        return colors.get(owner_ids[0], "#bbb")
+    # A shared block shows one diagonal stripe per owner.
+    stops = []
+    for i, rid in enumerate(owner_ids):
+        color = colors.get(rid, "#bbb")
+        stops.append(f"{color} {i * 8}px {(i + 1) * 8}px")
+    return f"repeating-linear-gradient(135deg, {', '.join(stops)})"
+
+
+def block_grid_html(step: StepTrace, colors: dict[str, str]) -> str:
+    """The whole physical pool: one square per block, colored by owner, hatched when cached."""
+    owners = block_owners(step)
+    cells = []
+    for block_id, (state, ref_cnt, block_hash) in enumerate(step.blocks):
+        owner_ids = owners.get(block_id, [])
+        label, style, badge = "", "", ""
+        if state == "owned":
+            label = ",".join(owner_ids) if len(owner_ids) <= 2 else f"{len(owner_ids)} reqs"
+            style = f' style="background: {_background(owner_ids, colors)}"'
+            if ref_cnt > 1:
+                badge = f'<span class="kv-ref">×{ref_cnt}</span>'
+        elif state == "cached":
+            label = block_hash[:4]
+        title = f"block {block_id}: {state}, ref_cnt={ref_cnt}"
+        if block_hash:
+            title += f", hash {block_hash}"
+        if owner_ids:
+            title += f", used by {', '.join(owner_ids)}"
+        cells.append(
+            f'<div class="kv-block kv-{escape(state)}" data-block-id="{block_id}" '
+            f'data-state="{escape(state)}" data-ref-cnt="{ref_cnt}" title="{escape(title)}"{style}>'
+            f'<span class="kv-id">#{block_id}</span><span class="kv-owner">{escape(label)}</span>'
+            f"{badge}</div>"
+        )
+    return (
+        f'<div id="kv-block-grid" class="kv-grid" data-num-blocks="{len(step.blocks)}">'
+        f"{''.join(cells)}</div>"
+    )
+
+
+def legend_html() -> str:
+    items = [
+        ("kv-owned", "owned by a request (color), ×n = ref count of a shared block", "#4e79a7"),
+        ("kv-cached", "free but cached: its hash can still be hit by the prefix cache", ""),
+        ("kv-free", "free, no content worth keeping", ""),
+    ]
+    parts = []
+    for cls, text, color in items:
+        style = f' style="background: {color}"' if color else ""
+        parts.append(f'<span><span class="kv-block {cls}"{style}></span> {escape(text)}</span>')
+    return f'<div class="kv-legend">{"".join(parts)}</div>'
+
+
+def block_tables_html(step: StepTrace, block_size: int, colors: dict[str, str]) -> str:
+    """Each live request's block table: logical block i -> physical block, with its fill level.
+
+    A block holds KV for `block_size` token positions; the KV of the first `num_computed_tokens`
+    positions is written, so all blocks but the last are full and the last is partly filled.
+    """
+    rows = []
+    for request in step.requests:
+        color = colors.get(request.request_id, "#bbb")
+        head = (
+            f'<span class="kv-req" style="background: {color}">{escape(request.request_id)} '
+            f"{escape(request.status.lower())} {request.num_computed_tokens}/"
+            f"{request.num_tokens} tok</span>"
+        )
+        cells = []
+        for logical, physical in enumerate(request.block_ids):
+            filled = min(max(request.num_computed_tokens - logical * block_size, 0), block_size)
+            ref_cnt = step.blocks[physical][1] if physical < len(step.blocks) else 0
+            shared = f" shared ×{ref_cnt}" if ref_cnt > 1 else ""
+            title = f"logical {logical} -> physical {physical}: {filled}/{block_size} slots{shared}"
+            cells.append(
+                f'<div class="kv-cell" data-logical="{logical}" data-physical="{physical}" '
+                f'data-filled="{filled}" title="{escape(title)}">'
+                f'<div class="kv-fill" style="width: {100 * filled // block_size}%; '
+                f'background: {color}"></div><span>{logical}→{physical}</span></div>'
+            )
+        if not cells:
+            cells.append('<span class="kv-empty">no blocks (waiting)</span>')
+        rows.append(
+            f'<div class="kv-table-row" data-request-id="{escape(request.request_id)}" '
+            f'data-num-blocks="{len(request.block_ids)}">{head}{"".join(cells)}</div>'
+        )
+    if not rows:
+        rows.append('<div class="kv-empty">no live requests at this step</div>')
+    return f'<div id="kv-block-tables" class="kv-tables">{"".join(rows)}</div>'
