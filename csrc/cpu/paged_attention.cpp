@@ -75,6 +75,9 @@ void paged_attention_kernel(scalar_t* __restrict__ out, const scalar_t* __restri
           for (int g = 0; g < group; ++g) {
             const float* qg = &q[g * head_size];
             float dot = 0.f;
+            // A float sum is a reduction the compiler may not reorder on its own; this pragma
+            // allows it, so the loop becomes SIMD multiply-adds.
+#pragma omp simd reduction(+ : dot)
             for (int d = 0; d < head_size; ++d) dot += qg[d] * to_float(kp[d]);
             logits[g * block_size + i] = dot;
           }
@@ -93,10 +96,12 @@ void paged_attention_kernel(scalar_t* __restrict__ out, const scalar_t* __restri
           l[g] = l[g] * correction + sum;
           m[g] = new_m;
           float* ag = &acc[g * head_size];
+#pragma omp simd
           for (int d = 0; d < head_size; ++d) ag[d] *= correction;
           for (int i = 0; i < n; ++i) {
             const scalar_t* vp = value_cache + base + i * kv_row;
             const float p = lg[i];
+#pragma omp simd
             for (int d = 0; d < head_size; ++d) ag[d] += p * to_float(vp[d]);
           }
         }

@@ -86,3 +86,18 @@ def test_reshape_and_cache_writes_slots_and_skips_padding(backend, dtype):
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="choose one of"):
         get_paged_attention_ops("flash")
+
+
+@pytest.mark.skipif(not is_paged_attention_available("cpu"), reason="C++ build unavailable")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_alone_handles_prefill_with_context(dtype):
+    """The engine sends prefills to SDPA; the C++ kernel must still be right for any q_len."""
+    from vllm_mini.attention.ops.cpu_paged_attn import paged_attention_kernel
+
+    q_lens, ctx_lens = [9, 1, 33], [0, 20, 70]
+    query, kc, vc, bt, sl, qsl, k_all, v_all = _case(16, 64, 2, 4, dtype, q_lens, ctx_lens, seed=3)
+    out = paged_attention_kernel(query, kc, vc, bt, sl, qsl, 0.125)
+    for i in range(3):
+        lo, hi = int(qsl[i]), int(qsl[i + 1])
+        ref = naive_attention(query[lo:hi], k_all[i], v_all[i], 0.125)
+        torch.testing.assert_close(out[lo:hi].float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])

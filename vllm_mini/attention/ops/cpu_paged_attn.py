@@ -1,6 +1,11 @@
 """The C++ CPU PagedAttention kernel (csrc/cpu/paged_attention.cpp), built on first use.
 
-Stage 4. Mirrors vllm/attention/ops/ipex_attn.py / the CPU backend's use of csrc/cpu/attention.cpp.
+Stage 4. Mirrors vLLM's CPU attention backend (vllm/v1/attention/backends/cpu_attn.py with
+csrc/cpu/attention.cpp): decode tokens go to the paged C++ kernel, while sequences with several new
+tokens (prefills and prefill chunks) go to torch's SDPA, whose fused kernels use matrix-matrix
+products — many queries share each K/V row, which a one-query-at-a-time kernel cannot exploit.
+The C++ kernel itself handles any query length (the tests check it on prefills too).
+
 `torch.utils.cpp_extension.load` compiles the file with the system g++ once (about a minute on
 2 cores) and caches the shared library in torch's extension directory; later imports just load it.
 """
@@ -12,6 +17,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from vllm_mini.attention.ops import paged_attn_torch
 
 _SOURCE = Path(__file__).resolve().parents[3] / "csrc" / "cpu" / "paged_attention.cpp"
 
@@ -56,6 +63,56 @@ def paged_attention(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     query = query.contiguous()
+    out = torch.empty_like(query) if out is None else out
+    if max_query_len == 1:  # pure decode step: everything goes to the kernel
+        return paged_attention_kernel(
+            query, key_cache, value_cache, block_table, seq_lens, query_start_loc, scale, out
+        )
+    q_lens = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
+    decode = [i for i, n in enumerate(q_lens) if n == 1]
+    prefill = [i for i, n in enumerate(q_lens) if n > 1]
+    starts = query_start_loc.tolist()
+    if decode:
+        rows = torch.tensor([starts[i] for i in decode])
+        idx = torch.tensor(decode)
+        sub_out = paged_attention_kernel(
+            query[rows].contiguous(),
+            key_cache,
+            value_cache,
+            block_table[idx],
+            seq_lens[idx],
+            torch.arange(len(decode) + 1, dtype=torch.int32),
+            scale,
+        )
+        out[rows] = sub_out
+    for i in prefill:
+        lo, hi = starts[i], starts[i + 1]
+        paged_attn_torch.paged_attention(
+            query[lo:hi],
+            key_cache,
+            value_cache,
+            block_table[i : i + 1],
+            seq_lens[i : i + 1],
+            torch.tensor([0, hi - lo], dtype=torch.int32),
+            hi - lo,
+            int(seq_lens[i]),
+            scale,
+            out[lo:hi],
+        )
+    return out
+
+
+def paged_attention_kernel(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The C++ kernel alone, for every query length (used directly by the kernel tests)."""
     out = torch.empty_like(query) if out is None else out
     return _ext().paged_attention(
         query, key_cache, value_cache, block_table, seq_lens, query_start_loc, scale, out

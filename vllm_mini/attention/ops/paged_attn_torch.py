@@ -60,15 +60,21 @@ def paged_attention(
         k = gather_kv(key_cache, block_table[i], seq_len)  # [seq_len, kv_heads, D]
         v = gather_kv(value_cache, block_table[i], seq_len)
         q = query[lo:hi].transpose(0, 1)  # [heads, q_len, D]
-        k = k.transpose(0, 1)
-        v = v.transpose(0, 1)
-        mask = None
-        if q_len > 1:
+        # GQA: repeat each KV head for its query heads. (SDPA's enable_gqa would avoid the copy,
+        # but on CPU it falls back to the slower unfused path.)
+        group = num_heads // num_kv_heads
+        k = k.transpose(0, 1).repeat_interleave(group, dim=0)
+        v = v.transpose(0, 1).repeat_interleave(group, dim=0)
+        mask, causal = None, False
+        if q_len == seq_len:
+            causal = True  # a fresh prompt: plain causal attention, SDPA's fused path
+        elif q_len > 1:
             # Query j sits at position seq_len - q_len + j and sees keys up to that position.
             q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device).unsqueeze(1)
             mask = torch.arange(seq_len, device=query.device).unsqueeze(0) <= q_pos
+        # 4-D [1, heads, len, D] inputs: with 3-D ones CPU SDPA skips its fused kernel.
         o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=num_heads != num_kv_heads
+            q[None], k[None], v[None], attn_mask=mask, is_causal=causal, scale=scale
         )
-        out[lo:hi] = o.transpose(0, 1)
+        out[lo:hi] = o[0].transpose(0, 1)
     return out
