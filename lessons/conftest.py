@@ -1,3 +1,3 @@
-"""Lesson tests reuse the engine tests' tiny random checkpoint fixture."""
+"""Lesson tests reuse the engine tests' tiny random checkpoint (saved with transformers' classes)."""
 
-from tests.conftest import smollm2_gguf, tiny_llama_dir  # noqa: F401
+from tests.conftest import tiny_llama_dir  # noqa: F401

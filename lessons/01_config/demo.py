@@ -1,31 +1,53 @@
-"""Lesson 01 demo: EngineArgs -> VllmConfig, the generated CLI, and validation errors.
+"""Lesson 01 demo: command line -> EngineArgs -> VllmConfig, and the errors that guard it.
 
-.venv/bin/python lessons/01_config/demo.py
+.venv/bin/python lessons/01_config/demo.py   (a few seconds: reads the default model's config only)
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
+from vllm_mini.core.kv_cache_utils import get_num_blocks
 from vllm_mini.engine.arg_utils import EngineArgs
 
-args = EngineArgs(max_num_seqs=8, block_size=32, kv_cache_memory_bytes=64 << 20)
-config = args.create_engine_config()
-for part in ("model_config", "cache_config", "scheduler_config", "attention_config"):
-    print(f"{part}: {getattr(config, part)!r}"[:300])
 
-parser = EngineArgs.add_cli_args(argparse.ArgumentParser(prog="demo"))
-print("\nflags generated from EngineArgs' fields:")
-print(" ", " ".join(a.option_strings[0] for a in parser._actions if a.option_strings)[:400], "...")
+def main() -> None:
+    # 1. The parser is generated from EngineArgs' fields: one flag per field, no extra code.
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser(prog="demo"))
+    flags = [a.option_strings[0] for a in parser._actions if a.option_strings[0] != "-h"]
+    print(f"{len(fields(EngineArgs))} EngineArgs fields -> {len(flags)} flags:", " ".join(flags))
 
-print("\nbad values are refused with the field and the range:")
-for bad in (
-    dict(block_size=12),
-    dict(max_model_len=10**6),
-    dict(scheduling_policy="lifo"),
-    dict(dtype="int4"),
-):
-    try:
-        EngineArgs(**bad).create_engine_config()
-    except ValueError as e:
-        print(f"  {bad} -> {e}")
+    # 2. A command line becomes flat EngineArgs, then one nested, validated VllmConfig.
+    argv = ["--max-num-seqs", "8", "--block-size", "32", "--no-enable-prefix-caching"]
+    args = EngineArgs.from_cli_args(parser.parse_args(argv))
+    config = args.create_engine_config()
+    print(f"\n{' '.join(argv)}\n  ->", repr(args)[:160], "...")
+    for part in ("model_config", "cache_config", "scheduler_config", "attention_config"):
+        print(f"  -> {part}: {getattr(config, part)!r}"[:170])
+
+    # 3. The worker later turns the cache budget into a number of blocks.
+    hf = config.model_config.hf_config
+    layers, kv_heads = hf.num_hidden_layers, hf.num_key_value_heads
+    head = hf.hidden_size // hf.num_attention_heads
+    blocks = get_num_blocks(1 << 30, layers, 32, kv_heads, head, config.model_config.dtype)
+    print(f"\n1 GiB of {config.model_config.dtype} KV cache for {layers} layers x {kv_heads} KV")
+    print(f"heads x {head}: {blocks} blocks of 32 tokens = {blocks * 32} tokens")
+
+    # 4. Bad values are refused up front, with the field and the allowed range.
+    print("\nrefused:")
+    for bad in (
+        {"block_size": 12},
+        {"max_model_len": 10**6},
+        {"scheduling_policy": "lifo"},
+        {"dtype": "int4"},
+        {"enable_chunked_prefill": False, "max_num_batched_tokens": 512},
+    ):
+        try:
+            EngineArgs(**bad).create_engine_config()
+        except ValueError as e:
+            print(f"  {bad}\n    -> {e}")
+
+
+if __name__ == "__main__":
+    main()

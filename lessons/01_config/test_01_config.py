@@ -1,4 +1,4 @@
-"""Lesson 01: your validator and block count agree with CacheConfig and the worker's sizing."""
+"""Lesson 01: your validators and block count agree with the engine's configs and worker."""
 
 from __future__ import annotations
 
@@ -6,31 +6,67 @@ import pytest
 import torch
 
 from lessons._impl import load_impl
-from vllm_mini.config import CacheConfig
+from vllm_mini.config import CacheConfig, SchedulerConfig
 from vllm_mini.core.kv_cache_utils import get_num_blocks
 
 impl = load_impl(__file__)
 
 
+def _field_in_error(fn, *args, **kwargs) -> str | None:
+    """The field a ValueError blames (its message's first word), or None if nothing was raised."""
+    try:
+        fn(*args, **kwargs)
+    except ValueError as e:
+        return str(e).split()[0]
+    return None
+
+
 @pytest.mark.parametrize(
-    ("block_size", "budget"), [(16, None), (12, None), (0, 10), (32, 0), (8, -5), (128, 1 << 20)]
+    ("block_size", "budget"),
+    [(16, None), (12, None), (0, 10), (256, None), (32, 0), (8, -5), (128, 1 << 20), (1, 1)],
 )
-def test_validation_agrees_with_cache_config(block_size, budget):
-    try:
-        CacheConfig(block_size=block_size, kv_cache_memory_bytes=budget)
-        engine_error = None
-    except ValueError as e:
-        engine_error = str(e).split(" must")[0]
-    try:
-        impl.validate_cache_args(block_size, budget)
-        mine = None
-    except ValueError as e:
-        mine = str(e).split(" must")[0]
-    assert mine == engine_error
+def test_cache_validation_agrees_with_cache_config(block_size, budget):
+    expected = _field_in_error(CacheConfig, block_size=block_size, kv_cache_memory_bytes=budget)
+    assert _field_in_error(impl.validate_cache_args, block_size, budget) == expected
+
+
+def _scheduler_config(tokens: int, seqs: int, model_len: int, chunked: bool) -> None:
+    config = SchedulerConfig(
+        max_num_batched_tokens=tokens,
+        max_num_seqs=seqs,
+        max_model_len=model_len,
+        enable_chunked_prefill=chunked,
+    )
+    config.verify_with_model_len()  # what VllmConfig.__post_init__ calls
+
+
+@pytest.mark.parametrize(
+    ("tokens", "seqs", "model_len", "chunked"),
+    [
+        (2048, 128, 8192, True),  # chunked prefill: the budget may be below max_model_len
+        (2048, 128, 8192, False),  # ... but not without it
+        (8192, 128, 8192, False),
+        (0, 4, 100, True),
+        (64, 0, 100, True),
+        (-1, 0, 100, False),
+    ],
+)
+def test_scheduler_validation_agrees_with_scheduler_config(tokens, seqs, model_len, chunked):
+    expected = _field_in_error(_scheduler_config, tokens, seqs, model_len, chunked)
+    got = _field_in_error(impl.validate_scheduler_args, tokens, seqs, model_len, chunked)
+    assert got == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_block_count_matches_the_worker(dtype):
+    # SmolLM2's shapes: 30 layers, 3 KV heads of 64.
     for budget in (1 << 20, 1 << 30, 123_456_789):
         expected = get_num_blocks(budget, 30, 16, 3, 64, dtype)
         assert impl.num_kv_blocks(budget, 30, 16, 3, 64, dtype) == expected
+
+
+def test_too_small_a_budget_is_refused_like_the_worker():
+    with pytest.raises(ValueError):
+        get_num_blocks(1000, 30, 16, 3, 64, torch.float32)
+    with pytest.raises(ValueError):
+        impl.num_kv_blocks(1000, 30, 16, 3, 64, torch.float32)

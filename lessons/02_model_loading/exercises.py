@@ -1,25 +1,66 @@
-"""Lesson 02 exercises: RMSNorm, rotary embedding, and the weight-name mapping of load_weights.
+"""Lesson 02 exercises: RMSNorm, rotary embedding (with Llama 3 scaling), the weight-name mapping
+of load_weights, and Q4_1 dequantization.
 
+Each function re-implements something the engine already has; the tests compare yours with it.
 LESSON_IMPL=exercises .venv/bin/pytest lessons/02_model_loading
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dimension (compute the statistics in float32)."""
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
+
+    Compute the statistics in float32 and cast back to x's dtype before multiplying by weight.
+    With a residual, first add it (x = x + residual), then return (norm(x), x): the engine's
+    fused "add + norm" that Llama blocks call as `hidden, residual = norm(hidden, residual)`.
+    """
     raise NotImplementedError
 
 
-def apply_rope(positions, q, k, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q [T, H*D] and k [T, H_kv*D] by their positions, HF/NeoX style: split each head in
-    halves x1, x2 and return [x1*cos - x2*sin, x2*cos + x1*sin], angle = pos * base^(-2i/D)."""
+def apply_rope(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    head_size: int,
+    base: float,
+    rope_scaling: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q [T, H*D] and k [T, H_kv*D] by their token positions [T], HF/NeoX style.
+
+    inv_freq[i] = base^(-2i/D) for i < D/2; angle = position * inv_freq. Split each head in halves
+    x1, x2 and return [x1*cos - x2*sin, x2*cos + x1*sin].
+
+    rope_scaling={"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"} rescales inv_freq first. With wavelen = 2*pi/inv_freq and
+    L = original_max_position_embeddings: keep inv_freq where wavelen < L / high_freq_factor,
+    divide it by factor where wavelen > L / low_freq_factor, and in between blend
+    (1 - s) * inv_freq / factor + s * inv_freq with s = (L / wavelen - low) / (high - low).
+    """
     raise NotImplementedError
 
 
 def map_weight_name(hf_name: str) -> tuple[str, str | int | None]:
-    """Map an HF name to (our parameter, shard id): q/k/v_proj -> qkv_proj with 'q'/'k'/'v',
-    gate/up_proj -> gate_up_proj with 0/1, anything else unchanged with None."""
+    """Map an HF checkpoint name to (our parameter name, shard id).
+
+    q/k/v_proj -> qkv_proj with shard 'q'/'k'/'v'; gate/up_proj -> gate_up_proj with 0/1;
+    any other name unchanged, with None.
+    """
+    raise NotImplementedError
+
+
+def dequantize_q4_1(blocks: np.ndarray) -> torch.Tensor:
+    """Expand Q4_1 blocks (uint8 [n, 20]) into float32 weights [n * 32].
+
+    Each 20-byte block: bytes 0-1 the float16 scale d, bytes 2-3 the float16 minimum m, bytes 4-19
+    sixteen bytes of 4-bit values q. Byte j holds weight j in its low nibble and weight j + 16 in
+    its high nibble. weight = d * q + m.
+    """
     raise NotImplementedError

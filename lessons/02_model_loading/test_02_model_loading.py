@@ -1,8 +1,12 @@
-"""Lesson 02: your RMSNorm, RoPE and name mapping against the engine's layers and loader."""
+"""Lesson 02: your RMSNorm, RoPE, name mapping and Q4_1 decoder against the engine's own code."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
 
 from lessons._impl import load_impl
 from vllm_mini.engine.arg_utils import EngineArgs
@@ -10,28 +14,50 @@ from vllm_mini.model_executor.layers.layernorm import RMSNorm
 from vllm_mini.model_executor.layers.rotary_embedding import RotaryEmbedding
 from vllm_mini.model_executor.model_loader import get_model
 from vllm_mini.model_executor.model_loader.weight_utils import (
+    default_weight_loader,
     get_safetensors_files,
     safetensors_weights_iterator,
 )
 
 impl = load_impl(__file__)
 
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    # Small, so that head_size 32 has frequencies in all three bands (kept, blended, divided).
+    "original_max_position_embeddings": 64,
+}
 
-def test_rms_norm_matches_engine_layer():
-    norm = RMSNorm(64, eps=1e-5)
-    norm.weight.data = torch.randn(64)
-    x = torch.randn(7, 64)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_engine_layer(dtype):
+    norm = RMSNorm(64, eps=1e-5).to(dtype)
+    norm.weight.data = torch.randn(64, dtype=dtype)
+    x = torch.randn(7, 64, dtype=dtype)
     torch.testing.assert_close(impl.rms_norm(x, norm.weight, 1e-5), norm(x))
 
 
-def test_rope_matches_engine_layer():
-    rope = RotaryEmbedding(32, 32, 512, 10000.0)
-    positions = torch.tensor([0, 1, 5, 300, 511])
-    q, k = torch.randn(5, 4 * 32), torch.randn(5, 2 * 32)
+def test_fused_residual_add_matches_engine_layer():
+    norm = RMSNorm(64, eps=1e-6)
+    norm.weight.data = torch.randn(64)
+    x, residual = torch.randn(5, 64), torch.randn(5, 64)
+    got_out, got_residual = impl.rms_norm(x, norm.weight, 1e-6, residual)
+    exp_out, exp_residual = norm(x, residual)
+    torch.testing.assert_close(got_out, exp_out)
+    torch.testing.assert_close(got_residual, exp_residual)
+
+
+@pytest.mark.parametrize("rope_scaling", [None, LLAMA3_SCALING], ids=["default", "llama3"])
+def test_rope_matches_engine_layer(rope_scaling):
+    rope = RotaryEmbedding(32, 32, 512, 10000.0, rope_scaling=rope_scaling)
+    positions = torch.tensor([0, 1, 5, 63, 300, 511])
+    q, k = torch.randn(6, 4 * 32), torch.randn(6, 2 * 32)
     exp_q, exp_k = rope(positions, q, k)
-    got_q, got_k = impl.apply_rope(positions, q, k, 32, 10000.0)
-    torch.testing.assert_close(got_q, exp_q, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got_k, exp_k, atol=1e-5, rtol=1e-5)
+    got_q, got_k = impl.apply_rope(positions, q, k, 32, 10000.0, rope_scaling)
+    torch.testing.assert_close(got_q, exp_q, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_k, exp_k, atol=1e-4, rtol=1e-4)
 
 
 def test_name_mapping_loads_a_real_checkpoint(tiny_llama_dir):
@@ -47,10 +73,17 @@ def test_name_mapping_loads_a_real_checkpoint(tiny_llama_dir):
         target, shard = impl.map_weight_name(name)
         param = params[target]
         if shard is None:
-            param.weight_loader(param, tensor) if hasattr(
-                param, "weight_loader"
-            ) else param.data.copy_(tensor)
+            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
         else:
             param.weight_loader(param, tensor, shard)
     for name, p in reference.named_parameters():
         torch.testing.assert_close(params[name], p, msg=name)
+
+
+def test_q4_1_dequantization_matches_the_gguf_loader():
+    """The GGUF loader expands blocks with gguf.quants.dequantize; yours must agree exactly."""
+    weights = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
+    blocks = quantize(weights, GGMLQuantizationType.Q4_1)  # [8, 2 blocks * 20 bytes]
+    expected = dequantize(blocks, GGMLQuantizationType.Q4_1).reshape(-1)
+    got = impl.dequantize_q4_1(blocks.reshape(-1, 20))
+    torch.testing.assert_close(got, torch.from_numpy(expected.astype(np.float32)))

@@ -76,3 +76,23 @@ def test_decode_logits_match_hf_step_by_step(models):
     for pos in range(12, 20):
         got = _run(ours, ids, pos, pos + 1, req_id="d")[0]
         assert (got - expected[pos]).abs().max().item() <= TOL, f"position {pos}"
+
+
+def test_sharded_checkpoint_with_index_loads_identically(tmp_path):
+    """A checkpoint split into several safetensors files + index json loads to the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    single = make_tiny_checkpoint(tmp_path / "single", "llama")
+    hf = AutoModelForCausalLM.from_pretrained(single, dtype=torch.float32)
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    for f in single.glob("tokenizer*"):
+        (sharded / f.name).write_bytes(f.read_bytes())
+    assert (sharded / "model.safetensors.index.json").exists()
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    load = lambda p: get_model(  # noqa: E731
+        EngineArgs(model=str(p), attention_backend="naive").create_engine_config()
+    )
+    a, b = load(single), load(sharded)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), name
