@@ -22,7 +22,15 @@ def test_cuda_decode_matches_naive(dtype, ctx):
     q_lens = [1] * len(ctx)
     query, kc, vc, bt, sl, qsl, k_all, v_all = _case(16, 64, 2, 4, dtype, q_lens, ctx)
     out = cuda_paged_attn.paged_attention(
-        query.cuda(), kc.cuda(), vc.cuda(), bt.cuda(), sl.cuda(), qsl.cuda(), 1, int(sl.max()), 0.125
+        query.cuda(),
+        kc.cuda(),
+        vc.cuda(),
+        bt.cuda(),
+        sl.cuda(),
+        qsl.cuda(),
+        1,
+        int(sl.max()),
+        0.125,
     ).cpu()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     for i in range(len(ctx)):
@@ -38,4 +46,6 @@ def test_cuda_reshape_and_cache():
     key, value = torch.randn(3, 2, 64, device="cuda"), torch.randn(3, 2, 64, device="cuda")
     slots = torch.tensor([5, -1, 20], device="cuda")
     cuda_paged_attn.reshape_and_cache(key, value, kc, vc, slots)
-    assert torch.equal(kc.view(-1, 2, 64)[5], key[0]) and torch.equal(vc.view(-1, 2, 64)[20], value[2])
+    assert torch.equal(kc.view(-1, 2, 64)[5], key[0]) and torch.equal(
+        vc.view(-1, 2, 64)[20], value[2]
+    )

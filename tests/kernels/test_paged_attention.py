@@ -40,7 +40,16 @@ def _case(block_size, head_size, num_kv_heads, group, dtype, q_lens, ctx_lens, s
         v_all.append(v)
     query = torch.randn(sum(q_lens), num_heads, head_size, generator=g).to(dtype)
     qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
-    return query, key_cache, value_cache, block_table, torch.tensor(seq_lens, dtype=torch.int32), qsl, k_all, v_all
+    return (
+        query,
+        key_cache,
+        value_cache,
+        block_table,
+        torch.tensor(seq_lens, dtype=torch.int32),
+        qsl,
+        k_all,
+        v_all,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -61,7 +70,9 @@ def test_paged_attention_matches_naive(backend, dtype, block_size, head_size, nu
     for i in range(len(q_lens)):
         lo, hi = int(qsl[i]), int(qsl[i + 1])
         ref = naive_attention(query[lo:hi], k_all[i], v_all[i], scale)
-        torch.testing.assert_close(out[lo:hi].float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
+        torch.testing.assert_close(
+            out[lo:hi].float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype]
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -100,4 +111,6 @@ def test_cpu_kernel_alone_handles_prefill_with_context(dtype):
     for i in range(3):
         lo, hi = int(qsl[i]), int(qsl[i + 1])
         ref = naive_attention(query[lo:hi], k_all[i], v_all[i], 0.125)
-        torch.testing.assert_close(out[lo:hi].float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
+        torch.testing.assert_close(
+            out[lo:hi].float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype]
+        )
