@@ -209,3 +209,14 @@ def test_abort_in_every_state_frees_all_blocks(tiny_llama_dir):
         engine.step()
     stats = engine.get_stats()
     assert stats["kv_cache_usage"] == 0.0 and stats["num_running_reqs"] == 0
+
+
+def test_triton_backend_matches_naive(tiny_llama_dir):
+    """The Triton kernels inside the full engine (on CPU: Triton's interpreter, see conftest.py)."""
+    prompts = _prompts(2, seed=11, lo=4, hi=12)
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    naive = LLM(str(tiny_llama_dir), attention_backend="naive")
+    triton_llm = LLM(str(tiny_llama_dir), attention_backend="triton", kv_cache_memory_bytes=1 << 20)
+    assert _tokens(triton_llm.generate(prompts, params, use_tqdm=False)) == _tokens(
+        naive.generate(prompts, params, use_tqdm=False)
+    )

@@ -17,6 +17,7 @@ Names: `torch` (the reference), plus the kernels that are available on this mach
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,15 @@ def _unavailable_reason(name: str) -> str | None:
         return f"unknown paged attention backend {name!r}; choose one of {list(PAGED_BACKENDS)}"
     if name == "cuda" and not torch.cuda.is_available():
         return "the cuda backend needs a CUDA device"
+    if (
+        name == "triton"
+        and not torch.cuda.is_available()
+        and os.environ.get("TRITON_INTERPRET") != "1"
+    ):
+        return (
+            "the triton backend needs a CUDA device, or TRITON_INTERPRET=1 (set before start-up) "
+            "to run in Triton's CPU interpreter"
+        )
     if importlib.util.find_spec(_MODULES[name]) is None:
         return f"the {name} backend is not part of this build"
     return None
