@@ -54,6 +54,9 @@ class Processor:
         bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {vocab}), got {bad[:5]}")
+        bad_stop = [t for t in params.stop_token_ids or () if t >= vocab]
+        if bad_stop:  # the sampler indexes logits with them: an unchecked id crashes the step
+            raise ValueError(f"stop_token_ids must be in [0, {vocab}), got {bad_stop[:5]}")
         if n >= max_len:
             raise ValueError(
                 f"the prompt has {n} tokens; it must be shorter than max_model_len ({max_len}) "

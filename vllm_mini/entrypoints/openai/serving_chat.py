@@ -1,0 +1,186 @@
+"""POST /v1/chat/completions: a conversation in, the assistant's reply out.
+
+Stage 12. Mirrors vllm/entrypoints/openai/serving_chat.py. The only step chat adds to completions
+is the chat template: the model's tokenizer ships a Jinja program that renders the list of
+messages into the exact text format the model was fine-tuned on (role markers, end-of-turn tokens)
+and, with add_generation_prompt, opens the assistant's turn. From there it is one engine request
+with `n` samples. A stream opens each choice with a `{"role": "assistant"}` delta, then sends
+content deltas, then the finish reason. Next: serving_tokenization.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+
+from vllm_mini.entrypoints.openai.protocol import (
+    ChatCompletionLogProbs,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatLogProb,
+    ChatLogProbsContent,
+    ChatResponseMessage,
+    DeltaMessage,
+    ErrorResponse,
+    UsageInfo,
+)
+from vllm_mini.entrypoints.openai.serving_engine import (
+    SSE_DONE,
+    OpenAIServing,
+    StreamDeltas,
+    internal_error,
+    logger,
+    sse_error,
+    sse_event,
+)
+from vllm_mini.outputs import CompletionOutput, Logprob, RequestOutput
+from vllm_mini.sampling_params import SamplingParams
+
+
+class OpenAIServingChat(OpenAIServing):
+    request_id_prefix = "chatcmpl"
+
+    async def create_chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletionResponse | ErrorResponse | AsyncGenerator[str, None]:
+        """An ErrorResponse, the whole response, or (stream=true) a generator of SSE events."""
+        error = self.models.check_model(request.model)
+        if error is not None:
+            return error
+        self.log_ignored_fields(request)
+        try:
+            params = request.to_sampling_params()
+            prompt = self.render_chat(request.messages, request.add_generation_prompt)
+            params = self.validate_prompt(prompt, params, input_name="messages")
+        except ValueError as e:
+            return self.bad_request(e, request)
+
+        request_id = self.request_id()
+        results = self.generate([prompt], [params], request_id)
+        if request.stream:
+            num_prompt_tokens = len(prompt["prompt_token_ids"])
+            return self.stream(request, num_prompt_tokens, params, results, request_id)
+        final: RequestOutput | None = None
+        try:
+            async with aclosing(results) as stream:
+                async for _, out in stream:
+                    final = out
+        except ValueError as e:  # the engine refused it after all
+            return self.bad_request(e, request)
+        assert final is not None and final.finished, "the stream ends with the finished output"
+        return self.full_response(request, final, request_id)
+
+    def full_response(
+        self, request: ChatCompletionRequest, final: RequestOutput, request_id: str
+    ) -> ChatCompletionResponse:
+        choices = [
+            ChatCompletionResponseChoice(
+                index=c.index,
+                message=ChatResponseMessage(content=c.text),
+                logprobs=self._logprobs(c, range(len(c.token_ids)), request.top_logprobs or 0)
+                if request.logprobs
+                else None,
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            )
+            for c in final.outputs
+        ]
+        num_prompt = len(final.prompt_token_ids)
+        num_generated = sum(len(c.token_ids) for c in final.outputs)
+        usage = UsageInfo(
+            prompt_tokens=num_prompt,
+            completion_tokens=num_generated,
+            total_tokens=num_prompt + num_generated,
+        )
+        return ChatCompletionResponse(
+            id=request_id, model=self.models.served_model_name, choices=choices, usage=usage
+        )
+
+    async def stream(
+        self,
+        request: ChatCompletionRequest,
+        num_prompt_tokens: int,
+        params: SamplingParams,
+        results: AsyncIterator[tuple[int, RequestOutput]],
+        request_id: str,
+    ) -> AsyncGenerator[str, None]:
+        chunk_base = ChatCompletionStreamResponse(
+            id=request_id, model=self.models.served_model_name, choices=[]
+        )
+        options = request.stream_options
+        deltas = StreamDeltas(request.n, params)
+        num_generated = [0] * request.n
+
+        def usage() -> UsageInfo:
+            total = sum(num_generated)
+            return UsageInfo(
+                prompt_tokens=num_prompt_tokens,
+                completion_tokens=total,
+                total_tokens=num_prompt_tokens + total,
+            )
+
+        def chunk(choice: ChatCompletionResponseStreamChoice) -> str:
+            extra = usage() if options is not None and options.continuous_usage_stats else None
+            return sse_event(chunk_base.model_copy(update={"choices": [choice], "usage": extra}))
+
+        try:
+            # OpenAI opens every choice with the role, before any content exists.
+            for index in range(request.n):
+                opening = DeltaMessage(role="assistant", content="")
+                yield chunk(ChatCompletionResponseStreamChoice(index=index, delta=opening))
+            async with aclosing(results) as stream:
+                async for _, out in stream:
+                    for c in out.outputs:
+                        delta = deltas.next(c.index, c)
+                        if delta is None:
+                            continue
+                        text, positions = delta
+                        num_generated[c.index] = len(c.token_ids)
+                        logprobs = None
+                        if request.logprobs:
+                            logprobs = self._logprobs(c, positions, request.top_logprobs or 0)
+                        choice = ChatCompletionResponseStreamChoice(
+                            index=c.index,
+                            delta=DeltaMessage(content=text),
+                            logprobs=logprobs,
+                            finish_reason=c.finish_reason,
+                            stop_reason=c.stop_reason,
+                        )
+                        yield chunk(choice)
+            if options is not None and options.include_usage:
+                yield sse_event(chunk_base.model_copy(update={"usage": usage()}))
+        except ValueError as e:
+            yield sse_error(self.bad_request(e, request))
+        except Exception as e:  # noqa: BLE001 - the stream has begun: report in-band
+            logger.exception("chat stream %s failed", request_id)
+            yield sse_error(internal_error(e))
+        yield SSE_DONE
+
+    @staticmethod
+    def _logprobs(out: CompletionOutput, positions: range, top_k: int) -> ChatCompletionLogProbs:
+        """Chat's logprobs: per token its text, logprob, UTF-8 bytes and the `top_k` best."""
+        content: list[ChatLogProbsContent] = []
+        logprobs = out.logprobs or []
+        for t in positions:
+            if t >= len(logprobs):
+                break
+            entry = logprobs[t]
+            sampled = entry[out.token_ids[t]]
+            # The entry holds the sampled token (at its true rank) and the top-k (ranks 1..k).
+            best = sorted(
+                (lp for lp in entry.values() if lp.rank is not None and lp.rank <= top_k),
+                key=lambda lp: lp.rank,
+            )
+            top = [_chat_logprob(lp) for lp in best]
+            content.append(
+                ChatLogProbsContent(**_chat_logprob(sampled).model_dump(), top_logprobs=top)
+            )
+        return ChatCompletionLogProbs(content=content)
+
+
+def _chat_logprob(lp: Logprob) -> ChatLogProb:
+    token = lp.decoded_token or ""
+    return ChatLogProb(token=token, logprob=lp.logprob, bytes=list(token.encode("utf-8")))
