@@ -3,6 +3,8 @@
 Sequences are written into randomly permuted physical blocks, mixed decode and
 prefill-with-context in one call, GQA ratios 1/3/8, block sizes 8/16/32, head sizes 64/128,
 float32 (tolerance 1e-4) and bfloat16 (tolerance 2e-2, inputs rounded to bf16 for the reference).
+The C++ kernel is also checked alone, in both of its implementations (AVX-512 and the portable
+loops), on contexts long enough to be split into partitions and merged by its reduce step.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from vllm_mini.attention.backends.naive import naive_attention
 from vllm_mini.attention.ops import get_paged_attention_ops, is_paged_attention_available
 
 BACKENDS = [b for b in ("torch", "cpu") if is_paged_attention_available(b)]
-TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 
 def _case(block_size, head_size, num_kv_heads, group, dtype, q_lens, ctx_lens, seed=0):
@@ -99,18 +101,64 @@ def test_unknown_backend_is_a_clear_error():
         get_paged_attention_ops("flash")
 
 
-@pytest.mark.skipif(not is_paged_attention_available("cpu"), reason="C++ build unavailable")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_kernel_alone_handles_prefill_with_context(dtype):
-    """The engine sends prefills to SDPA; the C++ kernel must still be right for any q_len."""
+CPU_KERNEL = pytest.mark.skipif(
+    not is_paged_attention_available("cpu"), reason="C++ build unavailable"
+)
+
+
+def _check_cpu_kernel(
+    q_lens, ctx_lens, block_size, head_size, num_kv_heads, group, dtype, portable, seed=3
+):
     from vllm_mini.attention.ops.cpu_paged_attn import paged_attention_kernel
 
-    q_lens, ctx_lens = [9, 1, 33], [0, 20, 70]
-    query, kc, vc, bt, sl, qsl, k_all, v_all = _case(16, 64, 2, 4, dtype, q_lens, ctx_lens, seed=3)
-    out = paged_attention_kernel(query, kc, vc, bt, sl, qsl, 0.125)
-    for i in range(3):
+    query, kc, vc, bt, sl, qsl, k_all, v_all = _case(
+        block_size, head_size, num_kv_heads, group, dtype, q_lens, ctx_lens, seed=seed
+    )
+    scale = head_size**-0.5
+    out = paged_attention_kernel(query, kc, vc, bt, sl, qsl, scale, portable=portable)
+    for i in range(len(q_lens)):
         lo, hi = int(qsl[i]), int(qsl[i + 1])
-        ref = naive_attention(query[lo:hi], k_all[i], v_all[i], 0.125)
+        ref = naive_attention(query[lo:hi], k_all[i], v_all[i], scale)
         torch.testing.assert_close(
             out[lo:hi].float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype]
         )
+
+
+@CPU_KERNEL
+@pytest.mark.parametrize("portable", [False, True], ids=["vector", "portable"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_alone_handles_prefill_with_context(dtype, portable):
+    """The engine sends prefills to SDPA; the C++ kernel must still be right for any q_len."""
+    _check_cpu_kernel([9, 1, 33], [0, 20, 70], 16, 64, 2, 4, dtype, portable)
+
+
+@CPU_KERNEL
+@pytest.mark.parametrize("portable", [False, True], ids=["vector", "portable"])
+@pytest.mark.parametrize(
+    ("block_size", "head_size", "num_kv_heads", "group"),
+    [(16, 64, 3, 3), (8, 128, 1, 8), (32, 64, 4, 1), (16, 256, 2, 2)],
+)
+def test_cpu_kernel_splits_long_contexts_into_partitions(
+    portable, block_size, head_size, num_kv_heads, group
+):
+    """Contexts past 512 positions are split into partitions and merged by the reduce step.
+
+    One decode token over 1400 positions (split further, to keep every thread busy), decodes of
+    very different lengths (the short ones leave empty partitions), and a prefill chunk whose
+    rows straddle a partition boundary.
+    """
+    _check_cpu_kernel(
+        [1], [1400], block_size, head_size, num_kv_heads, group, torch.float32, portable
+    )
+    q_lens, ctx_lens = [1, 1, 1, 40, 1, 1, 1, 1, 1], [1300, 4, 700, 490, 0, 63, 64, 65, 513]
+    _check_cpu_kernel(
+        q_lens, ctx_lens, block_size, head_size, num_kv_heads, group, torch.float32, portable
+    )
+
+
+@CPU_KERNEL
+@pytest.mark.parametrize("portable", [False, True], ids=["vector", "portable"])
+@pytest.mark.parametrize(("head_size", "dtype"), [(64, torch.float16), (80, torch.float32)])
+def test_cpu_kernel_other_dtypes_and_head_sizes(portable, head_size, dtype):
+    """float16 caches, and a head size the vector code has no version for (80: plain loops)."""
+    _check_cpu_kernel([1, 5, 1], [600, 30, 17], 16, head_size, 2, 3, dtype, portable)
