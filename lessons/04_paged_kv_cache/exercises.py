@@ -1,13 +1,23 @@
-"""Lesson 04 exercises: the free-block queue, slot mapping, and a paged-attention reference.
+"""Lesson 04 exercises: the free-block queue, cache sizing, slots and metadata, paged attention,
+merging partial softmax results (PagedAttention v2's reduce), and debugging a kernel.
 
 Fill in the bodies, then run:  LESSON_IMPL=exercises .venv/bin/pytest lessons/04_paged_kv_cache
-The tests compare your code with the engine's FreeKVCacheBlockQueue, its model runner's
-compute_slot_mapping, and the naive attention reference.
+One exercise at a time:        ... -k free_queue | num_kv_blocks | slot | metadata | shuffled |
+                                      merge | shrink | fixed
+The tests compare your code with the engine: FreeKVCacheBlockQueue, get_num_blocks,
+compute_slot_mapping, the model runner's AttentionMetadata on a live run, and naive_attention.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
+
+from lessons._impl import load_impl
+
+buggy_kernel = load_impl(__file__, "buggy_kernel")
 
 
 class Node:
@@ -43,16 +53,106 @@ class FreeBlockQueue:
         raise NotImplementedError
 
 
+def num_kv_blocks(
+    kv_cache_memory_bytes: int,
+    num_layers: int,
+    block_size: int,
+    num_kv_heads: int,
+    head_size: int,
+    dtype: torch.dtype,
+) -> int:
+    """How many KV blocks fit in the byte budget? One block holds K and V of block_size tokens
+    for every layer. Raise ValueError if not even one block fits."""
+    raise NotImplementedError
+
+
 def slot_mapping(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:
     """The KV-cache slot of every position in [start, end) of a sequence with this block table."""
     raise NotImplementedError
 
 
+@dataclass
+class StepMetadata:
+    query_start_loc: torch.Tensor  # int32 [num_seqs + 1]
+    seq_lens: torch.Tensor  # int32 [num_seqs]
+    block_table: torch.Tensor  # int32 [num_seqs, max_num_blocks], zero padded
+    slot_mapping: torch.Tensor  # int64 [num_tokens]
+
+
+def build_attention_metadata(
+    num_computed_tokens: list[int],
+    num_scheduled_tokens: list[int],
+    block_ids: list[list[int]],
+    block_size: int,
+) -> StepMetadata:
+    """What the model runner builds for one step. Sequence i already has num_computed_tokens[i]
+    tokens in the cache and runs num_scheduled_tokens[i] new ones this step, using the physical
+    blocks block_ids[i]. All sequences' new tokens are flattened into one batch, in order."""
+    raise NotImplementedError
+
+
 def paged_attention_one_seq(
-    query, key_cache, value_cache, block_ids, seq_len, scale
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_ids: list[int],
+    seq_len: int,
+    scale: float,
 ) -> torch.Tensor:
     """Causal attention for one sequence's last q_len queries, reading K/V through block_ids.
 
     query [q_len, H, D]; key_cache/value_cache [num_blocks, block_size, H_kv, D]; GQA allowed.
+    Returns [q_len, H, D] in query's dtype.
+    """
+    raise NotImplementedError
+
+
+def partial_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode query against ONE partition of its context (what a v2 thread block computes).
+
+    q [H, D]; k, v [n, H_kv, D] (GQA allowed). Returns, in float32:
+      out [H, D]       softmax-weighted sum of v, normalised within this partition only
+      max_logit [H]    the partition's largest logit q.k * scale
+      exp_sum [H]      sum over the partition of exp(logit - max_logit)
+    """
+    raise NotImplementedError
+
+
+def merge_partitions(
+    outs: torch.Tensor, max_logits: torch.Tensor, exp_sums: torch.Tensor
+) -> torch.Tensor:
+    """PagedAttention v2's reduce: combine P partitions' results into the exact attention output.
+
+    outs [P, H, D], max_logits [P, H], exp_sums [P, H] as returned by partial_attention.
+    Returns [H, D]: what softmax attention over the whole context would give.
+    """
+    raise NotImplementedError
+
+
+def shrink(
+    case: buggy_kernel.DebugCase, fails: Callable[[buggy_kernel.DebugCase], bool]
+) -> buggy_kernel.DebugCase:
+    """Given a failing case, return a 1-MINIMAL failing case: fails(result) is True and
+    fails(c) is False for every c in buggy_kernel.smaller_cases(result).
+
+    Greedy is enough: keep moving to the first smaller case that still fails.
+    """
+    raise NotImplementedError
+
+
+def fixed_paged_attention_decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """buggy_kernel.paged_attention_decode with its two bugs fixed.
+
+    Copy its body here. Then find each bug with case_fails + your shrink (see the README,
+    "Debugging a kernel"), fix that line, and shrink again until no case fails.
     """
     raise NotImplementedError
