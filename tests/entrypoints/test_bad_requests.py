@@ -27,6 +27,7 @@ CASES = [
     ("prompt_too_long_stream", COMPLETIONS, completion(prompt=[5] * 300, stream=True), 400, "prompt"),
     ("chat_too_long", CHAT, chat(messages=[{"role": "user", "content": "w5 " * 300}]), 400, "messages"),
     ("max_tokens_zero", COMPLETIONS, completion(max_tokens=0), 400, "max_tokens"),
+    ("max_completion_tokens_zero", CHAT, chat(max_completion_tokens=0), 400, "max_completion_tokens"),
     ("max_tokens_negative", CHAT, chat(max_tokens=-3), 400, "max_tokens"),
     ("past_max_model_len", COMPLETIONS, completion(max_tokens=MAX_MODEL_LEN - 2), 400, "max_tokens"),
     ("past_max_model_len_stream", CHAT, chat(max_tokens=10_000, stream=True), 400, "max_tokens"),

@@ -211,7 +211,9 @@ class ChatMessage(OpenAIBaseModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Int64 | None = None  # deprecated by OpenAI in favour of max_completion_tokens
-    max_completion_tokens: Int64 | None = None
+    # ge=1 here, not only in SamplingParams: an explicit 0 must be an error naming this field, not
+    # a silent fall-back to max_tokens.
+    max_completion_tokens: Int64 | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True  # vLLM extra, passed to the chat template
@@ -224,7 +226,9 @@ class ChatCompletionRequest(SamplingRequest):
 
     def to_sampling_params(self) -> SamplingParams:
         # None: generate until EOS or max_model_len (the engine fills in the room left).
-        max_tokens = self.max_completion_tokens or self.max_tokens
+        max_tokens = self.max_tokens
+        if self.max_completion_tokens is not None:
+            max_tokens = self.max_completion_tokens
         return self._sampling_params(
             max_tokens, (self.top_logprobs or 0) if self.logprobs else None
         )
