@@ -87,7 +87,8 @@ async def stream_with_abort(
 def to_sampling_params(body: dict[str, Any]) -> SamplingParams:
     """Map a /v1/chat/completions JSON body onto SamplingParams, as protocol.py does.
 
-    - max_tokens: body["max_completion_tokens"] or body["max_tokens"] (None if neither: the
+    - max_tokens: body["max_completion_tokens"] if present (it must be an int >= 1, else a
+      ValueError naming max_completion_tokens), else body["max_tokens"] (None if neither: the
       engine fills in the room left in max_model_len);
     - logprobs: chat's `logprobs` is a bool; if true, SamplingParams.logprobs = top_logprobs
       (0 if absent), else None. top_logprobs must be in [0, 20] and needs logprobs true;

@@ -135,8 +135,13 @@ def to_sampling_params(body: dict[str, Any]) -> SamplingParams:
     logprobs = (top_logprobs or 0) if body.get("logprobs") else None
 
     # max_completion_tokens is OpenAI's new name for max_tokens; None lets the engine fill in
-    # the room left in max_model_len once the prompt is known. (`or`, as in vLLM.)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    # the room left in max_model_len once the prompt is known. Checked here under its own name:
+    # an explicit 0 must be an error, not a silent fall-back to max_tokens.
+    max_tokens = body.get("max_tokens")
+    if body.get("max_completion_tokens") is not None:
+        max_tokens = body["max_completion_tokens"]
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_completion_tokens must be at least 1, got {max_tokens!r}")
     same_name = {name: body[name] for name in SAME_NAME_FIELDS if name in body}
     # SamplingParams checks every range and starts each message with the field's name.
     return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **same_name)

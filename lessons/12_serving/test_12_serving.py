@@ -255,6 +255,7 @@ BAD_FIELDS = [
     {"max_tokens": 0},
     {"max_tokens": -3},
     {"max_completion_tokens": -1},
+    {"max_completion_tokens": 0, "max_tokens": 5},
     {"temperature": -0.5},
     {"top_p": 0.0},
     {"top_p": 1.5},
