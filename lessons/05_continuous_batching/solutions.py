@@ -79,3 +79,13 @@ def schedule_step(
         scheduled[req.request_id] = n
         token_budget -= n
     return scheduled, preempted
+
+
+def padding_rows(out_lens: list[int], seats: int) -> int:
+    """(request, step) rows a static batch computes for requests that are already done."""
+    padding = 0
+    for start in range(0, len(out_lens), seats):
+        batch = out_lens[start : start + seats]
+        # Everyone in the batch steps until the longest is done; only their own lengths count.
+        padding += len(batch) * max(batch) - sum(batch)
+    return padding

@@ -1,6 +1,7 @@
 """Lesson 05: your scheduler step must make the same decisions as the engine's Scheduler.
 
-Runs `solutions.py` by default; `LESSON_IMPL=exercises` checks your `exercises.py`.
+Runs `solutions.py` by default; `LESSON_IMPL=exercises` checks your `exercises.py`. The last tests
+check the demo and the profiler themselves on the tiny random model (seconds, no SmolLM2).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import pytest
 from lessons._impl import load_impl
 from tests.conftest import make_tiny_checkpoint
 from tests.core.test_scheduler import fake_step, make_request, make_scheduler
+from vllm_mini import LLM, SamplingParams
 
 impl = load_impl(__file__)
 ref = load_impl(__file__, "solutions")
+demo = load_impl(__file__, "demo")
+profile_step = load_impl(__file__, "profile_step")
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +72,85 @@ def test_schedule_step_matches_engine_scheduler(model_dir, num_blocks, budget):
         assert set(preempted) == so.preempted_req_ids, f"step {steps}"
         steps += 1
     assert steps > 5
+
+
+def test_padding_rows():
+    assert impl.padding_rows([2, 7, 3, 5], 2) == 7
+    assert impl.padding_rows([2, 7, 3, 5], 4) == 4 * 7 - 17
+    assert impl.padding_rows([4, 4, 4], 1) == 0
+
+
+# ----------------------------------------------------------------- the demo and the profiler
+
+
+@pytest.fixture(scope="module")
+def schedule(model_dir):
+    return demo.worked_schedule(model_dir)
+
+
+def test_worked_schedule_chunks_preempts_resumes_and_finishes(schedule):
+    budget = demo.SETTINGS["max_num_batched_tokens"]
+    prompt_len = {rid: n for rid, n, _ in demo.WORKLOAD}
+    first = schedule[0]["so"].num_scheduled_tokens
+    assert first == {"A": budget} and prompt_len["A"] > budget  # A's prompt is cut: chunked prefill
+    assert all(s["so"].total_num_scheduled_tokens <= budget for s in schedule)
+    preempted = [rid for s in schedule for rid in s["so"].preempted_req_ids]
+    assert preempted, "the cache is meant to be too small for everyone"
+    victim = preempted[0]
+    assert any(s["cells"][victim].startswith("recompute") for s in schedule)
+    # Every request got exactly max_tokens samples, preemption or not, and gave its blocks back.
+    sampled = {rid: 0 for rid in prompt_len}
+    for s in schedule:
+        for rid, tokens in zip(s["out"].req_ids, s["out"].sampled_token_ids):
+            sampled[rid] += len(tokens)
+    assert sampled == {rid: max_tokens for rid, _, max_tokens in demo.WORKLOAD}
+    assert schedule[-1]["used_blocks"] == 0
+
+
+def test_one_step_messages_are_consistent(schedule, capsys):
+    demo.one_step_messages(schedule)
+    printed = capsys.readouterr().out
+    assert "preempted_req_ids" in printed and "slot_mapping" in printed
+    bs = demo.SETTINGS["block_size"]
+    for s in schedule:
+        meta, so = s["meta"], s["so"]
+        num = [so.num_scheduled_tokens[r] for r in s["req_ids"]]
+        assert meta.query_start_loc.tolist() == [sum(num[:i]) for i in range(len(num) + 1)]
+        assert len(meta.slot_mapping) == len(s["input_ids"]) == sum(num)
+        # A token's slot lies in the block its position falls in.
+        for i in range(len(s["req_ids"])):
+            a, b = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
+            assert meta.seq_lens_cpu[i] == s["positions"][b - 1].item() + 1
+            for pos, slot in zip(s["positions"][a:b].tolist(), meta.slot_mapping[a:b].tolist()):
+                assert slot % bs == pos % bs
+                assert slot // bs == meta.block_table[i, pos // bs].item()
+
+
+def test_profile_breakdown_adds_up_to_the_step(model_dir):
+    engine = LLM(str(model_dir), disable_log_stats=True).llm_engine
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    engine.add_request("p", {"prompt_token_ids": list(range(10, 60))}, params)
+    for _ in ("prefill", "decode"):
+        ms = profile_step.breakdown(profile_step.profile_one_step(engine))
+        rows = [key for _, key in profile_step.ROWS]
+        assert all(ms[k] >= 0 for k in rows), ms  # nothing counted twice
+        assert sum(ms[k] for k in rows) == pytest.approx(ms["step"])
+        forward = ms["linear"] + ms["attention"] + ms["forward_ops"] + ms["forward_python"]
+        assert forward == pytest.approx(ms["forward"])
+        assert ms["linear"] > 0 and ms["attention"] > 0 and ms["sampler"] > 0
+    runner = engine.engine_core.worker.model_runner
+    assert "forward" not in vars(runner.model)  # the labels were taken off again
+
+
+def test_static_batching_computes_padding_rows(model_dir):
+    engine = LLM(str(model_dir), disable_log_stats=True).llm_engine
+    prompts = [list(range(20 + 30 * i, 32 + 30 * i)) for i in range(4)]
+    out_lens = [2, 7, 3, 5]
+    static = [0, 0, 0]
+    for group in ([0, 1], [2, 3]):
+        for k, v in enumerate(demo._run(engine, group, prompts, out_lens, pad=True)):
+            static[k] += v
+    steps, rows, useful = demo._run(engine, [0, 1, 2, 3], prompts, out_lens, pad=False)
+    assert (rows, useful) == (sum(out_lens), sum(out_lens))  # continuous: no padding
+    assert static[1] - static[2] == ref.padding_rows(out_lens, 2) > 0
+    assert static[0] == 7 + 5 and steps == 7  # one batch after the other vs all at once
