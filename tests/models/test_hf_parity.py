@@ -96,3 +96,15 @@ def test_sharded_checkpoint_with_index_loads_identically(tmp_path):
     a, b = load(single), load(sharded)
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa, pb), name
+
+
+def test_loaded_linear_weights_are_column_major_with_hf_values(models):
+    """process_weights_after_loading changes the strides for sgemm, never the values."""
+    hf, model = models
+    layers = [m for m in model.modules() if hasattr(m, "quant_method")]
+    assert layers
+    for layer in layers:
+        out_features = layer.weight.shape[0]
+        assert layer.weight.stride() == (1, out_features), layer.prefix
+    ours = model.model.layers[0].self_attn.o_proj.weight
+    torch.testing.assert_close(ours, hf.model.layers[0].self_attn.o_proj.weight, rtol=0, atol=0)

@@ -47,6 +47,18 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
         )
         layer.register_parameter("weight", weight)
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        # F.linear computes x @ W^T. With W stored row-major ([out, in], the checkpoint's layout)
+        # MKL's fp32 sgemm multiplies by a transposed B; stored column-major (same shape and
+        # values, other strides), W^T is a plain row-major [in, out] matrix. Measured on our
+        # 2-core CPU: up to 2x faster for products of 4-40 rows when the weight sits in cache,
+        # and in the engine, where each step streams every weight from memory, 2-14% more
+        # throughput on mixed batches (A/B in one process); never slower. vLLM's CPU backend goes
+        # further here and pre-packs weights for oneDNN (vllm/model_executor/layers/utils.py).
+        weight = layer.weight
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2:
+            weight.data = weight.data.t().contiguous().t()
+
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 
 from vllm_mini.config import VllmConfig, set_current_vllm_config
 from vllm_mini.logger import init_logger
+from vllm_mini.model_executor.layers.quantization import QuantizeMethodBase
 from vllm_mini.model_executor.model_loader.weight_utils import (
     get_safetensors_files,
     safetensors_weights_iterator,
@@ -55,6 +56,14 @@ def _init_dummy_weights(model: nn.Module, seed: int) -> None:
             param.data.copy_(torch.empty(param.shape).uniform_(-0.05, 0.05, generator=gen))
 
 
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Let every layer's quant method turn checkpoint weights into its kernel's layout."""
+    for module in model.modules():
+        quant_method = getattr(module, "quant_method", None)
+        if isinstance(quant_method, QuantizeMethodBase):
+            quant_method.process_weights_after_loading(module)
+
+
 def get_model(vllm_config: VllmConfig) -> nn.Module:
     model_config = vllm_config.model_config
     model_cls = ModelRegistry.resolve_model_cls(
@@ -74,6 +83,7 @@ def get_model(vllm_config: VllmConfig) -> nn.Module:
     else:
         with torch.no_grad():
             model.load_weights((name, t.to(device)) for name, t in weights)
+    process_weights_after_loading(model)
     logger.info(
         "loaded %s (%s, %.1fM params, %s) on %s",
         model_config.model,

@@ -31,6 +31,14 @@ class QuantizeMethodBase(ABC):
     ) -> torch.Tensor:
         """Compute x @ W^T (+ bias) with whatever representation create_weights chose."""
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:  # noqa: B027 (optional)
+        """Convert the loaded checkpoint weights into the form `apply` runs fastest on.
+
+        Called once per layer by the model loader after `load_weights` (vLLM:
+        vllm/model_executor/model_loader/utils.py, process_weights_after_loading): the weight
+        loaders see the checkpoint's layout, the forward pass sees the kernel's.
+        """
+
 
 class QuantizationConfig(ABC):
     @abstractmethod
