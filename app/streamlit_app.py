@@ -3,7 +3,7 @@
 Stages 4-5 teaching tool (`make app`). Mirrors no single vLLM file; it draws what
 vllm/v1/core/block_pool.py, kv_cache_manager.py and sched/scheduler.py do, from the step trace of
 vllm_mini/engine/trace.py. Run mode runs the real engine on a workload and records the trace;
-replay mode loads a saved one. Read lessons/04_paged_kv_cache and lessons/05_continuous_batching
+replay mode loads a saved one. Read lessons/04_paged_kv_cache, lessons/04b_prefix_caching and lessons/05_continuous_batching
 next to it. Next: controls.py (sidebar), then block_grid.py and step_views.py (the views).
 """
 
@@ -113,7 +113,8 @@ def kv_views(trace: Trace, index: int, colors: dict[str, str]) -> None:
         f"{counts['cached']} cached-free, {counts['free']} free. Blocks are handed out one at a "
         "time from a free queue, like OS pages (vllm/v1/core/block_pool.py). A freed block keeps "
         "its hash until it is reused, so a later request with the same prefix can take it back "
-        "(hatched = cached). Lesson: lessons/04_paged_kv_cache."
+        "(hatched = cached). Lessons: lessons/04_paged_kv_cache (paging), "
+        "lessons/04b_prefix_caching (cached blocks)."
     )
     st.subheader("Block tables (logical → physical)")
     st.html(CSS + block_tables_html(step, trace.block_size, colors))

@@ -2,7 +2,7 @@
 
 Stages 4-5 teaching tool. Mirrors no vLLM file (the closest are vLLM's benchmark datasets in
 vllm/benchmarks/datasets.py). A preset is a list of prompts plus engine settings that make its
-effect appear: a long shared system prompt (prefix caching, lessons/04_paged_kv_cache), a burst
+effect appear: a long shared system prompt (prefix caching, lessons/04b_prefix_caching), a burst
 of chats of different lengths (continuous batching, lessons/05_continuous_batching) and a cache
 too small for the load (preemption). Next: record.py.
 """
@@ -68,7 +68,7 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     "prefix": Workload(
         title="Shared system prompt (prefix caching)",
-        lesson="lessons/04_paged_kv_cache",
+        lesson="lessons/04b_prefix_caching",
         description=(
             "Four questions behind the same long system prompt. The first request computes the "
             "system prompt's blocks; later ones find them in the prefix cache and point their "

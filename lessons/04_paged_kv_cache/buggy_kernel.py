@@ -1,8 +1,8 @@
 """Lesson 04, "debug a kernel": a paged-attention decode kernel with two planted bugs, and the tools.
 
-Stage 4 teaching material. The kernel below is a line-for-line Python transliteration of the loop
-structure of `csrc/cpu/paged_attention.cpp` (one task per sequence and head, walk the context one
-KV block at a time through the block table, online softmax), written so that you can set a
+Stage 4 teaching material. The kernel below is a Python decode kernel with the loop structure of
+`attention/ops/triton_paged_attn.py` (one task per sequence and head, walk the context one KV
+block at a time through the block table, online softmax), written so that you can set a
 breakpoint or a print anywhere. Two lines in it are wrong. Do not read it hunting for them: find
 them the way you would on a GPU, where reading is all you can do until you have a failing case.
 
