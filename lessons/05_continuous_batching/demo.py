@@ -11,7 +11,6 @@ SmolLM2-135M (the bundled GGUF). Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import profile_step  # noqa: E402
 
+from benchmarks.common import random_workload  # noqa: E402
 from tests.conftest import make_tiny_checkpoint  # noqa: E402
 from vllm_mini import LLM, SamplingParams  # noqa: E402
 from vllm_mini.engine.llm_engine import LLMEngine  # noqa: E402
@@ -176,13 +176,6 @@ def one_step_messages(steps: list[dict[str, Any]]) -> None:
         )
 
 
-def _workload(num: int) -> tuple[list[list[int]], list[int]]:
-    """Section 3's requests: random prompts of 16-48 tokens, 8-48 output tokens (seeded)."""
-    rng = random.Random(0)
-    prompts = [[rng.randint(100, 40000) for _ in range(rng.randint(16, 48))] for _ in range(num)]
-    return prompts, [rng.randint(8, 48) for _ in range(num)]
-
-
 def _run(engine: LLMEngine, batch: list[int], prompts, out_lens, pad: bool) -> tuple[int, int, int]:
     """Run `batch` (request indices) to completion; return (steps, rows computed, useful rows)."""
     longest = max(out_lens[i] for i in batch)
@@ -210,7 +203,8 @@ def _run(engine: LLMEngine, batch: list[int], prompts, out_lens, pad: bool) -> t
 def static_vs_continuous(llm: LLM, num: int = 16, seats: int = 4) -> dict[str, float]:
     """Section 3: the same engine and kernels; only the batching policy changes. Returns tok/s."""
     section(f"3. Continuous vs static batching, SmolLM2, {num} requests (measured now)")
-    prompts, out_lens = _workload(num)
+    # The throughput benchmark's seeded recipe, scaled down: prompts 16-48, outputs 8-48 tokens.
+    prompts, out_lens = random_workload(num, 16, 48, 8, 48, seed=0)
     engine = llm.llm_engine
     scheduler = engine.engine_core.scheduler
     print(
