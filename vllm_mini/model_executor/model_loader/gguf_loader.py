@@ -9,7 +9,8 @@ Two things to know about a llama GGUF:
   ADJACENT pairs of dimensions, matches HF's, which rotates dimension i with i + d/2. We undo that
   permutation so the weights equal the original HF checkpoint's.
 Quantized blocks (e.g. Q4_1: 32 weights share a float16 scale and minimum, each weight is 4 bits)
-are expanded by `gguf.quants.dequantize`.
+are expanded by `gguf.quants.dequantize`. The GGUF's config is read by
+transformers_utils/gguf_utils.py (config resolution needs it before any weight is loaded).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
+
+from vllm_mini.transformers_utils.gguf_utils import gguf_to_hf_config
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -41,17 +44,6 @@ _GLOBAL_NAMES = {
     "output": "lm_head",
 }
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-
-
-def gguf_to_hf_config(gguf_path: str | Path) -> PretrainedConfig:
-    """The HF config transformers derives from the GGUF metadata."""
-    path = Path(gguf_path)
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    if not getattr(config, "architectures", None):
-        config.architectures = [f"{config.model_type.capitalize()}ForCausalLM"]
-        if config.model_type == "qwen2":
-            config.architectures = ["Qwen2ForCausalLM"]
-    return config
 
 
 def gguf_name_to_hf(name: str) -> str:
