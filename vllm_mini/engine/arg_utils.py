@@ -47,27 +47,35 @@ _HELP = {
 
 @dataclass
 class EngineArgs:
-    model: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    max_model_len: int | None = None
-    trust_remote_code: bool = False
-    max_logprobs: int = 20
-    served_model_name: str | None = None
-    block_size: int = 16
-    kv_cache_memory_bytes: int | None = None
-    gpu_memory_utilization: float = 0.9
-    num_gpu_blocks_override: int | None = None
-    enable_prefix_caching: bool = True
-    max_num_batched_tokens: int = 2048
-    max_num_seqs: int = 128
-    enable_chunked_prefill: bool = True
-    scheduling_policy: str = "fcfs"
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    load_format: str = "auto"
-    device: str = "auto"
-    attention_backend: str | None = None
+    # Every default is read from the config dataclass that owns the knob (vLLM does the same with
+    # `get_field`), so the CLI, `LLM(...)` and the configs can never disagree about a default.
+    # tests/config/test_engine_args_defaults.py checks the mapping field by field.
+    # ModelConfig
+    model: str | None = ModelConfig.model
+    dtype: str = ModelConfig.dtype
+    seed: int = ModelConfig.seed
+    max_model_len: int | None = ModelConfig.max_model_len
+    trust_remote_code: bool = ModelConfig.trust_remote_code
+    max_logprobs: int = ModelConfig.max_logprobs
+    served_model_name: str | None = ModelConfig.served_model_name
+    # CacheConfig
+    block_size: int = CacheConfig.block_size
+    kv_cache_memory_bytes: int | None = CacheConfig.kv_cache_memory_bytes
+    gpu_memory_utilization: float = CacheConfig.gpu_memory_utilization
+    num_gpu_blocks_override: int | None = CacheConfig.num_gpu_blocks_override
+    enable_prefix_caching: bool = CacheConfig.enable_prefix_caching
+    # SchedulerConfig
+    max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens
+    max_num_seqs: int = SchedulerConfig.max_num_seqs
+    enable_chunked_prefill: bool = SchedulerConfig.enable_chunked_prefill
+    scheduling_policy: str = SchedulerConfig.policy
+    # ParallelConfig, LoadConfig, DeviceConfig, AttentionConfig
+    tensor_parallel_size: int = ParallelConfig.tensor_parallel_size
+    pipeline_parallel_size: int = ParallelConfig.pipeline_parallel_size
+    load_format: str = LoadConfig.load_format
+    device: str = DeviceConfig.device
+    attention_backend: str | None = AttentionConfig.backend
+    # The engine's own knob, no config behind it.
     disable_log_stats: bool = False
 
     @classmethod
