@@ -112,3 +112,33 @@ def test_without_max_tokens_the_reply_may_fill_the_context(server):
     assert resp.usage.completion_tokens == 256 - prompt
     assert resp.choices[0].finish_reason == "length"
     wait_idle(server.engine)
+
+
+# ---- chat_utils: the rendering LLM.chat and the server share -----------------------------------
+
+
+def test_message_objects_and_dicts_with_text_parts_render_alike(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from vllm_mini.entrypoints.chat_utils import render_chat
+    from vllm_mini.entrypoints.openai.protocol import ChatMessage
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    parts = [{"type": "text", "text": "w5"}, {"type": "text", "text": "w6 w7"}]
+    as_dicts = render_chat(tok, [{"role": "user", "content": parts}])
+    as_objects = render_chat(tok, [ChatMessage(role="user", content="w5\nw6 w7")])
+    assert as_dicts == as_objects
+    assert as_dicts["prompt_token_ids"] == tok.encode(as_dicts["prompt"], add_special_tokens=False)
+
+
+def test_llm_chat_reports_template_errors_like_the_server(reference_llm):
+    template = "{{ raise_exception('roles must alternate') }}"
+    pattern = "messages could not be rendered by the chat template: roles must alternate"
+    with pytest.raises(ValueError, match=pattern):
+        reference_llm.chat(MESSAGES, chat_template=template, use_tqdm=False)
+
+
+def test_non_text_content_parts_are_refused_offline_too(reference_llm):
+    image = {"type": "image_url", "image_url": {"url": "x"}}
+    with pytest.raises(ValueError, match="content parts must be"):
+        reference_llm.chat([{"role": "user", "content": [image]}], use_tqdm=False)

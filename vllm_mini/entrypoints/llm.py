@@ -3,7 +3,8 @@
 Stage 0/5. Mirrors vllm/entrypoints/llm.py. `LLM(model)` builds an LLMEngine from EngineArgs;
 `generate` adds every prompt as a request and steps the engine until all are done — continuous
 batching happens inside, the caller just gets outputs back in input order. `chat` renders
-conversations with the tokenizer's chat template first. Next: engine/llm_engine.py.
+conversations with the tokenizer's chat template first (chat_utils.py, shared with the OpenAI
+server). Next: engine/llm_engine.py.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from tqdm.auto import tqdm
 from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.llm_engine import LLMEngine
 from vllm_mini.engine.processor import PromptType
+from vllm_mini.entrypoints.chat_utils import render_chat
 from vllm_mini.outputs import RequestOutput
 from vllm_mini.sampling_params import SamplingParams
 
-ChatMessage = dict[str, str]
+# {"role": ..., "content": str or a list of text parts}, as the OpenAI API spells a message.
+ChatMessage = dict[str, Any]
 
 
 class LLM:
@@ -81,17 +84,16 @@ class LLM:
     ) -> list[RequestOutput]:
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
         tokenizer = self.get_tokenizer()
-        prompts = []
-        for conversation in conversations:
-            text = tokenizer.apply_chat_template(
+        # The same rendering as the OpenAI server's, so both give the model the same token ids.
+        prompts = [
+            render_chat(
+                tokenizer,
                 conversation,
-                tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 chat_template=chat_template,
             )
-            # The template already holds the BOS token; do not add special tokens twice.
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            prompts.append({"prompt": text, "prompt_token_ids": ids})
+            for conversation in conversations
+        ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def _run_engine(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

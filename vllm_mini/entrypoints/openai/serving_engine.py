@@ -17,10 +17,10 @@ from collections.abc import AsyncGenerator
 from http import HTTPStatus
 from typing import Any, TypedDict
 
-import jinja2
 from pydantic import BaseModel
 
 from vllm_mini.engine.async_llm import AsyncLLM
+from vllm_mini.entrypoints import chat_utils
 from vllm_mini.entrypoints.openai.metrics import ServerMetrics
 from vllm_mini.entrypoints.openai.protocol import ChatMessage, ErrorInfo, ErrorResponse
 from vllm_mini.entrypoints.openai.serving_models import OpenAIServingModels
@@ -139,29 +139,18 @@ class OpenAIServing:
 
     def tokenize_prompt(self, prompt: str | list[int]) -> EnginePrompt:
         if isinstance(prompt, str):
-            return EnginePrompt(prompt=prompt, prompt_token_ids=self.tokenizer.encode(prompt))
+            ids = chat_utils.encode_prompt(self.tokenizer, prompt)
+            return EnginePrompt(prompt=prompt, prompt_token_ids=ids)
         return EnginePrompt(prompt=None, prompt_token_ids=list(prompt))
 
     def render_chat(
         self, messages: list[ChatMessage], add_generation_prompt: bool = True
     ) -> EnginePrompt:
-        """Apply the tokenizer's chat template (a Jinja program shipped with the model)."""
-        conversation: list[dict[str, Any]] = []
-        for m in messages:
-            turn: dict[str, Any] = {"role": m.role, "content": m.text()}
-            if m.name:
-                turn["name"] = m.name
-            conversation.append(turn)
-        try:
-            text = self.tokenizer.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        except (jinja2.TemplateError, ValueError) as e:
-            # Templates reject what their model was not trained on (e.g. roles out of order).
-            raise ValueError(f"messages could not be rendered by the chat template: {e}") from e
-        # The rendered text already holds BOS: do not let encode() add it twice.
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        return EnginePrompt(prompt=text, prompt_token_ids=ids)
+        """Apply the tokenizer's chat template, exactly as LLM.chat does (chat_utils.py)."""
+        rendered = chat_utils.render_chat(
+            self.tokenizer, messages, add_generation_prompt=add_generation_prompt
+        )
+        return EnginePrompt(**rendered)
 
     def validate_prompt(
         self, prompt: EnginePrompt, params: SamplingParams, input_name: str = "prompt"
