@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
     # 0 foundations: import nothing from vllm_mini.
     "logger": 0,
     "attention.ops": 0,  # the PagedAttention kernels; the platform asks which of them are built
+    "_C": 0,  # compiled C++ kernels (csrc/), as in vLLM's vllm._C
+    "_C_cuda": 0,  # compiled CUDA kernels
     # 1 what to run: the configs, the HF glue that resolves a model, user knobs, the device.
     "config": 1,
     "transformers_utils": 1,
