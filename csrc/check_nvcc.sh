@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile-check every CUDA kernel file with nvcc for sm_80 (A100) and sm_90 (H100), no GPU needed.
 # The .cu files include no torch headers, so they compile on their own; the torch binding
-# (torch_bindings.cpp) is built only on CUDA machines by vllm_mini/attention/ops/cuda_paged_attn.py.
+# (torch_bindings.cpp) is built with them into vllm_mini._C_cuda by setup.py, at install time,
+# only where torch has CUDA.
 set -euo pipefail
 cd "$(dirname "$0")"
 NVCC=${NVCC:-nvcc}

@@ -1,8 +1,9 @@
 // Torch bindings for the CUDA kernels: tensors in, raw pointers to the extern "C" launchers.
 //
-// Mirrors vllm/csrc/torch_bindings.cpp. Built only on CUDA machines by
-// vllm_mini/attention/ops/cuda_paged_attn.py (torch.utils.cpp_extension.load). v1 serves
-// contexts up to V1_MAX_SEQ_LEN, v2 (partitioned) longer ones, as vLLM chooses between them.
+// Mirrors vllm/csrc/torch_bindings.cpp. Compiled by setup.py at install time, with the .cu files,
+// into the module vllm_mini._C_cuda (only where torch has CUDA and nvcc exists) and called by
+// vllm_mini/attention/ops/cuda_paged_attn.py. v1 serves contexts up to V1_MAX_SEQ_LEN, v2
+// (partitioned) longer ones, as vLLM chooses between them.
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/extension.h>
 

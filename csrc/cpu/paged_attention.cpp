@@ -18,9 +18,9 @@
 //
 // Two implementations of a task: plain loops (any CPU, any head size) and AVX-512 intrinsics, 16
 // floats per instruction, used when the compiler targets AVX-512 and head_size is 64, 128 or 256.
-// The tests run both (`portable=True` forces the plain loops). Built and called by
-// vllm_mini/attention/ops/cpu_paged_attn.py. Next: cpu_types_x86.hpp, then
-// csrc/attention/paged_attention_v2.cu.
+// The tests run both (`portable=True` forces the plain loops). Compiled by setup.py at install
+// time into the module vllm_mini._C, called by vllm_mini/attention/ops/cpu_paged_attn.py.
+// Next: cpu_types_x86.hpp, then csrc/attention/paged_attention_v2.cu.
 #include <torch/extension.h>
 #include <ATen/Dispatch_v2.h>
 #include <ATen/Parallel.h>

@@ -11,17 +11,25 @@ implementation provides the same two functions:
   query_start_loc[i]:query_start_loc[i+1]; they are the LAST q_len tokens of its seq_lens[i]-long
   context and attend causally. Decode is q_len == 1; chunked prefill / prefix hits are q_len > 1.
 
-Names: `torch` (the reference), plus the kernels that are available on this machine.
+Names: `torch` (the reference), plus the kernels that are available on this machine. `cpu` and
+`cuda` call extension modules that setup.py compiles at install time (`vllm_mini._C`,
+`vllm_mini._C_cuda`); where one was not built, its backend reports itself unavailable, with the
+reason logged once, and the platform picks the next one.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from vllm_mini.logger import init_logger
+
+logger = init_logger(__name__)
 
 PAGED_BACKENDS = ("torch", "triton", "cpu", "cuda")
 _MODULES = {
@@ -62,9 +70,17 @@ def is_paged_attention_available(name: str) -> bool:
         return False
     try:
         get_paged_attention_ops(name)
-    except (RuntimeError, ImportError, OSError):
+    except ImportError as e:  # a compiled kernel that was not built: say so, and why, once
+        _log_missing_build(name, str(e))
+        return False
+    except (RuntimeError, OSError):
         return False
     return True
+
+
+@functools.cache
+def _log_missing_build(name: str, reason: str) -> None:
+    logger.warning("the %s attention backend is unavailable: %s", name, reason)
 
 
 def get_paged_attention_ops(name: str) -> PagedAttentionOps:

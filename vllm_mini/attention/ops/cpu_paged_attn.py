@@ -1,4 +1,4 @@
-"""The C++ CPU PagedAttention kernel (csrc/cpu/paged_attention.cpp), built on first use.
+"""The C++ CPU PagedAttention kernel (csrc/cpu/paged_attention.cpp), compiled at install time.
 
 Stage 4. Mirrors vLLM's CPU attention backend (vllm/v1/attention/backends/cpu_attn.py with
 csrc/cpu/attention.cpp): decode tokens go to the paged C++ kernel, while sequences with several new
@@ -6,54 +6,53 @@ tokens (prefills and prefill chunks) go to torch's SDPA, whose fused kernels use
 products — many queries share each K/V row, which a one-query-at-a-time kernel cannot exploit.
 The C++ kernel itself handles any query length (the tests check it on prefills too).
 
-`torch.utils.cpp_extension.load` compiles the file with the system g++ once (about a minute on
-2 cores) and caches the shared library in torch's extension directory; later imports just load it.
-`-march=native` decides the kernel's fast path: on a CPU with AVX-512 the task loops use the
-intrinsics of csrc/cpu/cpu_types_x86.hpp, elsewhere plain loops that the compiler vectorizes.
+`pip install --no-build-isolation -e .` compiles the file with the system g++ (setup.py, like
+vLLM's setup.py builds its csrc/) into the extension module `vllm_mini._C`, which this file imports
+like any other module: nothing is compiled at run time. `-march=native` decides the kernel's fast
+path: on a CPU with AVX-512 the task loops use the intrinsics of csrc/cpu/cpu_types_x86.hpp,
+elsewhere plain loops that the compiler vectorizes. Without the module, importing this file fails
+with the fix, and the platform falls back to the `torch` backend.
 """
 
 from __future__ import annotations
 
-import functools
-import platform
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
 from vllm_mini.attention.ops import paged_attn_torch
+from vllm_mini.logger import init_logger
 
-_SOURCE = Path(__file__).resolve().parents[3] / "csrc" / "cpu" / "paged_attention.cpp"
-_CFLAGS = [
-    "-O3",
-    "-march=native",  # the build machine's vector instructions (AVX-512 where it has them)
-    "-fopenmp",
-    # Lets float sums reorder into SIMD lanes and exp use glibc's vector version (libmvec). The
-    # kernel never relies on inf or NaN (its maxima start at the lowest float, not -inf), so the
-    # finite-math part of the flag is safe, and it is the part that enables libmvec.
-    "-ffast-math",
-]
-if platform.machine() in ("x86_64", "AMD64"):
-    # gcc prefers 256-bit vectors when tuning for recent Intel cores; the loops it vectorizes
-    # itself (the portable path, the reduce) run faster with all 512 bits where they exist.
-    _CFLAGS.append("-mprefer-vector-width=512")
+logger = init_logger(__name__)
+
+try:
+    from vllm_mini import _C
+except ImportError as e:
+    raise ImportError(
+        f"vllm_mini._C (the C++ CPU kernel) is not built or does not load ({e}): reinstall with "
+        "`pip install --no-build-isolation -e .` (needs g++); attention_backend='torch' runs "
+        "without it"
+    ) from e
+
+# In a source checkout the kernel's sources sit next to the package; an installed wheel has none.
+_CSRC_CPU = Path(__file__).resolve().parents[3] / "csrc" / "cpu"
 
 
-@functools.cache
-def _ext() -> ModuleType:
-    from torch.utils.cpp_extension import load
-
-    if not _SOURCE.exists():
-        raise RuntimeError(
-            f"C++ source {_SOURCE} not found (the cpu backend needs the repo's csrc/)"
+def _warn_if_sources_changed() -> None:
+    """The library is built once, at install: an edited kernel runs only after a rebuild."""
+    if not _CSRC_CPU.is_dir():
+        return
+    built = Path(_C.__file__).stat().st_mtime
+    changed = sorted(f"csrc/cpu/{p.name}" for p in _CSRC_CPU.iterdir() if p.stat().st_mtime > built)
+    if changed:
+        logger.warning(
+            "%s changed after vllm_mini._C was built, so this run uses the old kernel; rebuild "
+            "with `make kernels` (`pip install --no-build-isolation --no-deps -e .`)",
+            ", ".join(changed),
         )
-    return load(
-        name="vllm_mini_cpu_paged_attention",
-        sources=[str(_SOURCE)],
-        extra_cflags=_CFLAGS,
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+
+
+_warn_if_sources_changed()
 
 
 def reshape_and_cache(
@@ -63,7 +62,7 @@ def reshape_and_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    _ext().reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    _C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 
 
 def paged_attention(
@@ -135,6 +134,6 @@ def paged_attention_kernel(
     that the tests check the code path of CPUs without AVX-512 on any machine.
     """
     out = torch.empty_like(query) if out is None else out
-    return _ext().paged_attention(
+    return _C.paged_attention(
         query, key_cache, value_cache, block_table, seq_lens, query_start_loc, scale, out, portable
     )

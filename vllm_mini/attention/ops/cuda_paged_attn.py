@@ -1,43 +1,26 @@
 """CUDA PagedAttention (csrc/attention/paged_attention_v{1,2}.cu, csrc/cache_kernels.cu).
 
-Stage 4. Mirrors vllm/attention/ops/paged_attn.py, which calls vLLM's compiled `_C` ops. Built with
-torch.utils.cpp_extension on first use, only where CUDA exists. The CUDA kernels here are
+Stage 4. Mirrors vllm/attention/ops/paged_attn.py, which calls vLLM's compiled `_C` ops. The
+kernels are compiled when the package is installed (setup.py, only where torch has CUDA and nvcc
+exists) into the extension module `vllm_mini._C_cuda`, imported here. The CUDA kernels are
 decode kernels (one query token per sequence), like vLLM's v1/v2; steps that carry prefill
 tokens (q_len > 1) use the torch reference path on the same paged cache.
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-from types import ModuleType
-
 import torch
 
 from vllm_mini.attention.ops import paged_attn_torch
 
-_CSRC = Path(__file__).resolve().parents[3] / "csrc"
-
-
-@functools.cache
-def _ext() -> ModuleType:
-    if not torch.cuda.is_available():
-        raise RuntimeError("the cuda backend needs a CUDA device")
-    from torch.utils.cpp_extension import load
-
-    sources = [
-        _CSRC / "torch_bindings.cpp",
-        _CSRC / "attention" / "paged_attention_v1.cu",
-        _CSRC / "attention" / "paged_attention_v2.cu",
-        _CSRC / "cache_kernels.cu",
-    ]
-    return load(
-        name="vllm_mini_cuda_paged_attention",
-        sources=[str(s) for s in sources],
-        extra_include_paths=[str(_CSRC)],
-        extra_cuda_cflags=["-O3", "-std=c++17"],
-        verbose=False,
-    )
+try:
+    from vllm_mini import _C_cuda
+except ImportError as e:
+    raise ImportError(
+        f"vllm_mini._C_cuda (the CUDA kernels) is not built or does not load ({e}): it is built "
+        "only where torch has CUDA and nvcc is installed; reinstall there with "
+        "`pip install --no-build-isolation -e .`"
+    ) from e
 
 
 def reshape_and_cache(
@@ -47,7 +30,7 @@ def reshape_and_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    _ext().reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    _C_cuda.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 
 
 def paged_attention(
@@ -77,6 +60,6 @@ def paged_attention(
         )
     query = query.contiguous()
     out = torch.empty_like(query) if out is None else out
-    return _ext().paged_attention_decode(
+    return _C_cuda.paged_attention_decode(
         out, query, key_cache, value_cache, block_table.contiguous(), seq_lens, max_seq_len, scale
     )
