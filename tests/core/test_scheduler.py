@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vllm_mini.core.kv_cache_utils import get_request_block_hasher
 from vllm_mini.core.sched.output import ModelRunnerOutput, SchedulerOutput
 from vllm_mini.core.sched.scheduler import Scheduler
 from vllm_mini.engine.arg_utils import EngineArgs
@@ -29,7 +30,7 @@ def make_request(sched: Scheduler, rid: str, n_prompt: int, max_tokens=4, priori
         EOS,
         arrival_time=t,
         priority=priority,
-        block_hasher=sched.block_hasher,
+        block_hasher=get_request_block_hasher(sched.block_size),
     )
 
 
@@ -106,6 +107,51 @@ def test_priority_policy_admits_and_preempts_by_priority(tiny_llama_dir):
     while sched.has_requests():
         preempted |= fake_step(sched).preempted_req_ids
     assert preempted == {"lazy"}
+
+
+def test_request_that_preempts_itself_ends_the_running_loop(tiny_llama_dir):
+    """Worked example (priority policy, 4 blocks of 4 tokens), as in vLLM's scheduler:
+
+    step | schedule                  | blocks after (free)
+    0    | R prefill 7 tokens        | R: 2 (2 free)
+    1    | R decode pos 7, B prefill | R: 2, B: 2 (0 free)
+    2    | R decode pos 8 needs a 3rd block; none free; the lowest-priority running request is R
+         | itself, so R is preempted and the loop STOPS: B is not scheduled in this step either
+         | (and no waiting request is admitted after a preemption)
+    3    | B decode pos 8 (takes a block R gave back); R waits for room
+    """
+    sched = make_scheduler(tiny_llama_dir, num_blocks=4, scheduling_policy="priority")
+    sched.add_request(make_request(sched, "R", 7, max_tokens=5, priority=2, t=0.0))
+    assert fake_step(sched).num_scheduled_tokens == {"R": 7}
+    sched.add_request(make_request(sched, "B", 8, max_tokens=5, priority=0, t=1.0))
+    assert fake_step(sched).num_scheduled_tokens == {"R": 1, "B": 8}
+    step2 = fake_step(sched)
+    assert step2.preempted_req_ids == {"R"}
+    assert step2.num_scheduled_tokens == {}
+    step3 = fake_step(sched)
+    assert step3.num_scheduled_tokens == {"B": 1} and not step3.preempted_req_ids
+    while sched.has_requests():
+        fake_step(sched)
+    assert sched.kv_cache_manager.usage == 0.0
+
+
+def test_blocks_freed_before_their_forward_pass_are_not_findable_by_hash(tiny_llama_dir):
+    """allocate_slots hashes the blocks a step will fill; if the request is freed before that
+    step runs (preempted in the same step), those hashes must go with it."""
+    sched = make_scheduler(tiny_llama_dir)
+    kv = sched.kv_cache_manager
+    req = make_request(sched, "a", 8)
+    assert kv.allocate_slots(req, 8) is not None  # 2 full blocks, hashed now
+    kv.free(req)  # num_computed_tokens is still 0: nothing was written
+    twin = Request(
+        "b",
+        req.prompt_token_ids + [99],
+        req.sampling_params,
+        EOS,
+        block_hasher=get_request_block_hasher(4),
+    )
+    assert kv.get_computed_blocks(twin) == (kv.get_computed_blocks(twin)[0], 0)
+    assert not kv.block_pool.cached_block_hash_to_block
 
 
 @pytest.mark.parametrize("when", ["waiting", "running", "mid_prefill", "preempted"])

@@ -48,6 +48,11 @@ class BlockPool:
             # If another block already holds this prefix, keep the first one as the cached copy.
             self.cached_block_hash_to_block.setdefault(block_hash, block)
 
+    def uncache_blocks(self, blocks: list[KVCacheBlock]) -> None:
+        """Make blocks unfindable by hash (their KV was never written); they stay allocated."""
+        for block in blocks:
+            self._maybe_evict_cached_block(block)
+
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
         if num_blocks > self.get_num_free_blocks():
             raise ValueError(

@@ -49,7 +49,6 @@ class KVCacheManager:
         # How many of a request's blocks already carry a hash.
         self.num_cached_block: dict[str, int] = {}
         self.prefix_cache_stats = PrefixCacheStats()
-        self._interval_stats = PrefixCacheStats()
 
     @property
     def usage(self) -> float:
@@ -72,10 +71,10 @@ class KVCacheManager:
                 break  # hashes are chained: after the first miss nothing later can match
             hits.append(block)
         num_computed = len(hits) * self.block_size
-        for stats in (self.prefix_cache_stats, self._interval_stats):
-            stats.requests += 1
-            stats.queries += request.num_tokens
-            stats.hits += num_computed
+        stats = self.prefix_cache_stats
+        stats.requests += 1
+        stats.queries += request.num_tokens
+        stats.hits += num_computed
         return KVCacheBlocks(hits), num_computed
 
     def allocate_slots(
@@ -111,8 +110,10 @@ class KVCacheManager:
         new_blocks = self.block_pool.get_new_blocks(num_new) if num_new > 0 else []
         req_blocks.extend(new_blocks)
         if self.enable_caching:
-            # Blocks that will be full after this step get their hashes now (the forward pass
-            # fills them before anyone else can read them).
+            # Blocks that will be full after this step get their hashes now: the forward pass
+            # fills them before anyone else can read them (a request admitted later in the same
+            # step reads them in the same forward pass, after every layer has written its K/V).
+            # If the request is preempted before that pass, `free` takes the hashes back.
             num_full = min(
                 (request.num_computed_tokens + num_new_computed_tokens + num_new_tokens)
                 // self.block_size,
@@ -127,19 +128,21 @@ class KVCacheManager:
         return KVCacheBlocks(new_blocks)
 
     def free(self, request: Request) -> None:
-        blocks = self.req_to_blocks.pop(request.request_id, [])
-        self.num_cached_block.pop(request.request_id, None)
-        self.block_pool.free_blocks(list(reversed(blocks)))
+        """Give the request's blocks back; blocks whose KV was never written lose their hash.
 
-    def get_blocks(self, request_id: str) -> KVCacheBlocks:
-        return KVCacheBlocks(list(self.req_to_blocks.get(request_id, [])))
+        `request.num_computed_tokens` counts the tokens whose KV is in the cache (the scheduler
+        advances it only after a step is scheduled in full). A request preempted in the same
+        step that allocated its blocks leaves hashed blocks that no forward pass ever filled;
+        were they kept findable, the next request with that prefix would read garbage KV.
+        """
+        blocks = self.req_to_blocks.pop(request.request_id, [])
+        num_hashed = self.num_cached_block.pop(request.request_id, 0)
+        num_written = request.num_computed_tokens // self.block_size
+        self.block_pool.uncache_blocks(blocks[num_written:num_hashed])
+        self.block_pool.free_blocks(list(reversed(blocks)))
 
     def get_block_ids(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
-
-    def make_prefix_cache_stats(self) -> PrefixCacheStats:
-        stats, self._interval_stats = self._interval_stats, PrefixCacheStats()
-        return stats
 
     def reset_prefix_cache(self) -> bool:
         return self.block_pool.reset_prefix_cache()

@@ -117,10 +117,6 @@ class FreeKVCacheBlockQueue:
         block.next_free_block, self.tail.prev_free_block = self.tail, block
         self.num_free_blocks += 1
 
-    def append_n(self, blocks: list[KVCacheBlock]) -> None:
-        for block in blocks:
-            self.append(block)
-
     def get_all_free_blocks(self) -> list[KVCacheBlock]:
         out, block = [], self.head.next_free_block
         while block is not self.tail:

@@ -6,6 +6,7 @@ whole prompt, a chunk of one, or the single token it just sampled). Every step:
   1. running requests, in order, take what they need from the token budget; if the KV cache cannot
      hold a request's new tokens, the LAST running request (lowest priority under the priority
      policy) is preempted — its blocks are freed and it goes back to waiting, to be recomputed;
+     if that victim is the request being scheduled, the loop stops for this step;
   2. if nothing was preempted, waiting requests are admitted while budget, sequence slots and
      blocks last; the prefix cache may already hold the start of their prompts;
   3. the step's decisions go to the model runner as a SchedulerOutput.
@@ -78,6 +79,9 @@ class Scheduler:
 
     # ----------------------------------------------------------------- requests in and out
     def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            # Two live requests with one id would share one entry (and one block table).
+            raise ValueError(f"request_id {request.request_id!r} is already in the scheduler")
         self.requests[request.request_id] = request
         self.waiting.add_request(request)
 
@@ -133,7 +137,10 @@ class Scheduler:
                     break
                 blocks = self.kv_cache_manager.allocate_slots(request, num_new)
             if blocks is None:
-                continue  # `request` itself was preempted; running[idx] is now the next one
+                # `request` itself was the one to go: the cache is full of requests that rank
+                # above it, so nothing later in the queue can be scheduled either (vLLM stops
+                # its running loop here too).
+                break
             scheduled_running.append(request)
             num_scheduled_tokens[request.request_id] = num_new
             new_blocks[request.request_id] = blocks
