@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from vllm_mini.engine import EngineCoreRequest
     from vllm_mini.sampling_params import SamplingParams
 
 
@@ -84,6 +85,23 @@ class Request:
         self._block_hasher = block_hasher
         if block_hasher is not None:
             self.block_hashes.extend(block_hasher(self))
+
+    @classmethod
+    def from_engine_core_request(
+        cls,
+        request: EngineCoreRequest,
+        block_hasher: Callable[[Request], list[Any]] | None,
+    ) -> Request:
+        """The core's side of the boundary: a validated front-end message becomes a Request."""
+        return cls(
+            request.request_id,
+            request.prompt_token_ids,
+            request.sampling_params,
+            request.eos_token_id,
+            arrival_time=request.arrival_time,
+            priority=request.priority,
+            block_hasher=block_hasher,
+        )
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -109,6 +109,13 @@ class SamplingParams:
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"stop must contain non-empty strings, got {s!r}.")
+        if self.stop and not self.detokenize:
+            # Stop strings are matched in the detokenized text; without text there is nothing to
+            # match, and silently ignoring them would generate past the user's stop.
+            raise ValueError(
+                "stop strings need detokenize=True (they are matched in the output text); "
+                f"got stop={self.stop} with detokenize=False."
+            )
         for t in self.stop_token_ids:
             if not isinstance(t, int) or isinstance(t, bool) or t < 0:
                 raise ValueError(f"stop_token_ids must be non-negative ints, got {t!r}.")

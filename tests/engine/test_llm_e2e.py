@@ -183,13 +183,15 @@ def test_bad_requests_raise_and_engine_keeps_serving(tiny_llama_dir):
     llm = LLM(str(tiny_llama_dir), kv_cache_memory_bytes=1 << 22, max_model_len=64)
     p = _prompts(1, seed=9)[0]
     with pytest.raises(ValueError, match="max_model_len"):
-        llm.generate([{"prompt_token_ids": [5] * 64}], GREEDY, use_tqdm=False)
+        llm.generate([{"prompt_token_ids": [5] * 65}], GREEDY, use_tqdm=False)
     with pytest.raises(ValueError, match="empty"):
         llm.generate([{"prompt_token_ids": []}], GREEDY, use_tqdm=False)
     with pytest.raises(ValueError, match=r"\[0, 384\)"):
         llm.generate([{"prompt_token_ids": [5, 9999]}], GREEDY, use_tqdm=False)
-    with pytest.raises(ValueError, match="max_tokens"):
-        llm.generate([p], SamplingParams(max_tokens=1000), use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt_token_ids must be a list of ints"):
+        llm.generate([{"prompt_token_ids": [True, 5]}], GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="detokenize"):
+        SamplingParams(stop=["w5"], detokenize=False)
     # A batch with one bad prompt enqueues nothing; the next good call works and nothing leaked.
     with pytest.raises(ValueError):
         llm.generate([p, {"prompt_token_ids": []}], GREEDY, use_tqdm=False)

@@ -52,7 +52,7 @@ def test_engine_loop_crash_gives_500_then_unhealthy(tiny_llama_dir):
     def broken_step():
         raise RuntimeError("simulated device failure")
 
-    engine.engine.step = broken_step
+    engine.engine.engine_core.step = broken_step
     with serve(engine) as s:
         resp = s.post("/v1/completions", json={"prompt": "w5 w6", "max_tokens": 3})
         assert resp.status_code == 500

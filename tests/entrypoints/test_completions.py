@@ -143,3 +143,21 @@ def test_vllm_extra_sampling_fields_reach_the_engine(server):
     )
     assert resp.usage.completion_tokens == 8 and resp.choices[0].finish_reason == "length"
     wait_idle(server.engine)
+
+
+def test_logprobs_count_is_per_request_even_when_batched_together(server):
+    """Two requests in flight at once, asking for 1 and 5 logprobs: each gets its own count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = server.client()
+
+    def ask(k: int):
+        return client.completions.create(
+            model=SERVED_NAME, prompt=PROMPT, max_tokens=24, temperature=0.0, logprobs=k
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        one, five = pool.map(ask, [1, 5])
+    assert [len(t) for t in one.choices[0].logprobs.top_logprobs] == [1] * 24
+    assert [len(t) for t in five.choices[0].logprobs.top_logprobs] == [5] * 24
+    wait_idle(server.engine)

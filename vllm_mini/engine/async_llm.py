@@ -1,21 +1,28 @@
 """AsyncLLM: many concurrent streams over one engine, for servers.
 
-Stage 5. Mirrors vllm/v1/engine/async_llm.py. One background task (the "engine loop") steps the
-engine whenever there is work and routes each RequestOutput to the asyncio.Queue of its request;
-`generate()` is an async generator that reads that queue. The engine step is blocking CPU/GPU
-work, so it runs in a worker thread (asyncio.to_thread) while the event loop keeps serving HTTP.
-Requests are added and aborted only between steps, under a lock, so the engine is never touched
-by two threads at once. A consumer that stops iterating (client disconnect, task cancel) aborts
-its request, and its KV blocks are freed at the next step boundary.
+Stage 5. Mirrors vllm/v1/engine/async_llm.py. vLLM splits the engine in two processes: the front
+end (tokenize, validate, detokenize, stream) and the engine core (schedule, run the model). Here
+the split is by thread, and the rule that makes it safe is the same: each half's state is touched
+by one thread only.
+  - event-loop thread: the Processor and the OutputProcessor (LLMEngine.make_core_requests,
+    process_core_outputs, abort_front_end) and the per-request asyncio queues;
+  - one worker thread at a time (asyncio.to_thread): the EngineCore. Requests to add or abort
+    reach it through a FIFO (`_core_inbox`) that the worker drains before each step.
+So `add_request`, `abort` and `get_stats` never wait for a step to finish: the loop keeps serving
+HTTP while a long step runs. A consumer that stops iterating (client disconnect, task cancel)
+aborts its request; its KV blocks are freed when the worker drains the abort, before the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from vllm_mini.core.sched.output import EngineCoreOutput
+from vllm_mini.core.sched.scheduler import SchedulerStats
+from vllm_mini.engine import EngineCoreRequest
 from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.llm_engine import LLMEngine
 from vllm_mini.engine.processor import PromptType
@@ -34,7 +41,12 @@ class AsyncLLM:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
-        self._lock = threading.Lock()
+        # ("add", [EngineCoreRequest, ...]) or ("abort", [core id, ...]), in arrival order.
+        # deque.append/popleft are atomic, so the loop thread appends while the worker pops.
+        self._core_inbox: deque[tuple[str, list[Any]]] = deque()
+        # Written by the worker thread, read by the loop thread only after the step returns.
+        self._core_busy = False
+        self._scheduler_stats: SchedulerStats = engine.engine_core.make_stats()
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self.errored: BaseException | None = None
@@ -58,14 +70,19 @@ class AsyncLLM:
             self._wakeup = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._run_engine_loop())
 
+    # ------------------------------------------------------------------ engine loop
     async def _run_engine_loop(self) -> None:
         try:
             while True:
-                if not self.engine.has_unfinished_requests():
+                if not (self._core_inbox or self._core_busy):
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                outputs = await asyncio.to_thread(self._locked_step)
+                core_outputs, stats = await asyncio.to_thread(self._core_step)
+                outputs, reqs_to_abort = self.engine.process_core_outputs(core_outputs, stats)
+                self._scheduler_stats = stats
+                if reqs_to_abort:  # stop strings ended these; the core still holds them
+                    self._core_inbox.append(("abort", reqs_to_abort))
                 for out in outputs:
                     queue = self.queues.get(out.request_id)
                     if queue is not None:
@@ -80,21 +97,36 @@ class AsyncLLM:
                 queue.put_nowait(EngineDeadError(f"engine loop died: {e!r}"))
             self.queues.clear()
 
-    def _locked_step(self) -> list[RequestOutput]:
-        with self._lock:
-            return self.engine.step()
+    def _core_step(self) -> tuple[list[EngineCoreOutput], SchedulerStats]:
+        """Worker thread: apply queued adds/aborts in order, then one engine-core step."""
+        core = self.engine.engine_core
+        while self._core_inbox:
+            kind, items = self._core_inbox.popleft()
+            if kind == "add":
+                for request in items:
+                    core.add_request(request)
+            else:
+                core.abort_requests(items)
+        outputs = core.step() if core.has_unfinished_requests() else []
+        self._core_busy = core.has_unfinished_requests()
+        return outputs, core.make_stats()
 
+    # ------------------------------------------------------------------ requests
     async def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0
     ) -> asyncio.Queue:
-        """Validate and enqueue; raises ValueError for bad input before anything is queued."""
+        """Validate and enqueue; raises ValueError for bad input before anything is queued.
+        Runs on the event loop and returns at once (the core picks the request up between
+        steps)."""
         self._ensure_loop()
         if request_id in self.queues:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        core_requests: list[EngineCoreRequest] = self.engine.make_core_requests(
+            request_id, prompt, params, priority=priority
+        )
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        with self._lock:
-            self.engine.add_request(request_id, prompt, params, priority=priority)
         self.queues[request_id] = queue
+        self._core_inbox.append(("add", core_requests))
         self._wakeup.set()
         return queue
 
@@ -107,6 +139,13 @@ class AsyncLLM:
     ) -> AsyncGenerator[RequestOutput, None]:
         """Yield cumulative RequestOutputs for one request until it finishes."""
         queue = await self.add_request(request_id, prompt, sampling_params, priority)
+        async for out in self.iterate_outputs(request_id, queue):
+            yield out
+
+    async def iterate_outputs(
+        self, request_id: str, queue: asyncio.Queue
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """Stream a request that `add_request` already queued; abort it if the consumer leaves."""
         finished = False
         try:
             while not finished:
@@ -117,22 +156,27 @@ class AsyncLLM:
                 yield out
         finally:
             if not finished:
-                await self.abort(request_id)
+                self.abort_nowait(request_id)
 
     async def abort(self, request_id: str | list[str]) -> None:
+        self.abort_nowait(request_id)
+
+    def abort_nowait(self, request_id: str | list[str]) -> None:
+        """Forget the request in the front end now; the core frees it before its next step.
+        Synchronous, so it also works inside a cancelled task's cleanup."""
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         for rid in ids:
             self.queues.pop(rid, None)
-        # Taking the lock waits for a running step to end: never abort mid-step.
-        await asyncio.to_thread(self._locked_abort, ids)
-
-    def _locked_abort(self, ids: list[str]) -> None:
-        with self._lock:
-            self.engine.abort_request(ids)
+        core_ids = self.engine.abort_front_end(ids)
+        if core_ids:
+            self._core_inbox.append(("abort", core_ids))
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     def get_stats(self) -> dict[str, Any]:
-        with self._lock:
-            return self.engine.get_stats()
+        """Counters as of the last step (the core's own state is never read off its thread)."""
+        self.engine.stats.scheduler = self._scheduler_stats
+        return self.engine.stats.as_dict()
 
     async def check_health(self) -> None:
         if self.errored is not None:

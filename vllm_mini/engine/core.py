@@ -1,22 +1,58 @@
 """EngineCore: the loop at the centre of vLLM — schedule, execute, update.
 
-Stage 5. Mirrors vllm/v1/engine/core.py. It knows nothing about text: requests come in as token
-ids (`Request`), results go out as token ids (`EngineCoreOutput`). In vLLM it runs in its own
-process, fed over ZMQ, so tokenization and detokenization overlap with the GPU; here it runs in
-the caller's process, and the message types are kept so that split stays easy to see.
+Stage 5. Mirrors vllm/v1/engine/core.py. It knows nothing about text: requests come in as
+validated token ids (`EngineCoreRequest`, built by the front end's Processor) and become the
+core's own `Request`s, hashed block by block for prefix caching by the hasher the core owns;
+results go out as token ids (`EngineCoreOutput`). In vLLM it runs in its own process, fed over
+ZMQ, so tokenization and detokenization overlap with the GPU; here it runs in the caller's process
+(AsyncLLM steps it in a worker thread), and the message types are kept so that split stays easy
+to see. `snapshot()` is the read-only view that tools (the trace recorder, the visualizer) use.
 Next: llm_engine.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vllm_mini.config import VllmConfig
+from vllm_mini.core.kv_cache_utils import get_request_block_hasher
 from vllm_mini.core.sched.output import EngineCoreOutput, SchedulerOutput
 from vllm_mini.core.sched.scheduler import Scheduler, SchedulerStats
+from vllm_mini.engine import EngineCoreRequest
 from vllm_mini.logger import init_logger
 from vllm_mini.request import Request, RequestStatus
 from vllm_mini.worker.worker import Worker
 
 logger = init_logger(__name__)
+
+
+@dataclass
+class RequestSnapshot:
+    request_id: str
+    status: str
+    num_prompt_tokens: int
+    num_tokens: int
+    num_computed_tokens: int
+    block_ids: list[int]  # logical block i -> physical block block_ids[i]
+
+
+@dataclass
+class BlockSnapshot:
+    block_id: int
+    ref_cnt: int
+    block_hash: object | None
+    # A prefix-cache lookup of block_hash would return exactly this block.
+    is_cached: bool
+
+
+@dataclass
+class EngineCoreSnapshot:
+    """The core's state right after a step, copied out (tools never hold live objects)."""
+
+    last_scheduler_output: SchedulerOutput | None
+    requests: list[RequestSnapshot]  # running first, then waiting, in queue order
+    blocks: list[BlockSnapshot]
+    stats: SchedulerStats
 
 
 class EngineCore:
@@ -27,15 +63,17 @@ class EngineCore:
         self.num_blocks = self.worker.determine_num_blocks()
         self.worker.initialize_cache(self.num_blocks)
         self.scheduler = Scheduler(vllm_config, self.num_blocks)
-        # The last step's schedule, for tracing and teaching (see core/kv_events.py).
+        cache = vllm_config.cache_config
+        # Each Request hashes its full blocks with this as its tokens arrive (prefix caching).
+        self.request_block_hasher = (
+            get_request_block_hasher(cache.block_size) if cache.enable_prefix_caching else None
+        )
         self.last_scheduler_output: SchedulerOutput | None = None
 
-    @property
-    def block_hasher(self):
-        return self.scheduler.block_hasher
-
-    def add_request(self, request: Request) -> None:
-        self.scheduler.add_request(request)
+    def add_request(self, request: EngineCoreRequest) -> None:
+        self.scheduler.add_request(
+            Request.from_engine_core_request(request, self.request_block_hasher)
+        )
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
@@ -59,3 +97,29 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> bool:
         return self.scheduler.kv_cache_manager.reset_prefix_cache()
+
+    def snapshot(self) -> EngineCoreSnapshot:
+        scheduler = self.scheduler
+        kv = scheduler.kv_cache_manager
+        requests = [
+            RequestSnapshot(
+                request_id=r.request_id,
+                status=r.status.name,
+                num_prompt_tokens=r.num_prompt_tokens,
+                num_tokens=r.num_tokens,
+                num_computed_tokens=r.num_computed_tokens,
+                block_ids=kv.get_block_ids(r.request_id),
+            )
+            for r in [*scheduler.running, *scheduler.waiting]
+        ]
+        pool = kv.block_pool
+        blocks = [
+            BlockSnapshot(
+                block_id=b.block_id,
+                ref_cnt=b.ref_cnt,
+                block_hash=b.block_hash,
+                is_cached=b.block_hash is not None and pool.get_cached_block(b.block_hash) is b,
+            )
+            for b in pool.blocks
+        ]
+        return EngineCoreSnapshot(self.last_scheduler_output, requests, blocks, self.make_stats())

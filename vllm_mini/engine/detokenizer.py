@@ -6,7 +6,9 @@ be half of a UTF-8 character, and many tokenizers decide spacing from the previo
 when it is complete (vLLM's FastIncrementalDetokenizer uses it too).
 
 Stop strings are searched only in the newly added text (plus the tail that could overlap a match),
-and the text is cut before the stop string unless `include_stop_str_in_output`.
+and the text is cut before the stop string unless `include_stop_str_in_output`. Like stop tokens,
+stop strings are held back until `min_tokens` tokens exist: text produced by the first
+`min_tokens` tokens is never searched (vLLM moves its search start past that text, too).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class IncrementalDetokenizer:
         self.max_stop_len = max((len(s) for s in self.stop), default=0)
         self.output_text = ""
         self.token_ids: list[int] = []
+        self.min_tokens = params.min_tokens
+        # Stop strings may only match text at or after this offset (see min_tokens above).
+        self._stop_search_start = 0
         self.enabled = params.detokenize
         self._stream = DecodeStream(skip_special_tokens=params.skip_special_tokens)
         self._backend = tokenizer.backend_tokenizer if self.enabled else None
@@ -43,13 +48,16 @@ class IncrementalDetokenizer:
             piece = self._stream.step(self._backend, token_id)
             if piece:
                 self.output_text += piece
-        if not self.stop:
+            if len(self.token_ids) - len(new_token_ids) + i + 1 <= self.min_tokens:
+                self._stop_search_start = len(self.output_text)
+        if not self.stop or len(self.token_ids) <= self.min_tokens:
             return None
         return self._check_stop_strings(start)
 
     def _check_stop_strings(self, new_text_start: int) -> str | None:
-        # A match may begin up to max_stop_len - 1 characters before the new text.
-        search_from = max(0, new_text_start - self.max_stop_len + 1)
+        # A match may begin up to max_stop_len - 1 characters before the new text, but never in
+        # text that the first min_tokens tokens produced.
+        search_from = max(0, new_text_start - self.max_stop_len + 1, self._stop_search_start)
         best: tuple[int, str] | None = None
         for stop in self.stop:
             idx = self.output_text.find(stop, search_from)

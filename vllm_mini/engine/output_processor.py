@@ -81,6 +81,10 @@ class OutputProcessor:
         )
         parent.children[child_id] = CompletionOutput(index, "", [], None, None)
 
+    def detokenizers(self) -> dict[str, IncrementalDetokenizer]:
+        """The live detokenizer of every unfinished child request (read by the trace recorder)."""
+        return {cid: state.detokenizer for cid, state in self.request_states.items()}
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.request_states)
 
@@ -121,9 +125,12 @@ class OutputProcessor:
             parent.num_cached_tokens = out.num_cached_tokens
             finish_reason, stop_reason = out.finish_reason, out.stop_reason
             stop_str = state.detokenizer.update(out.new_token_ids, finish_reason == "stop")
-            if stop_str is not None and finish_reason is None:
+            if stop_str is not None:
+                # A stop string wins over "length" even on the last allowed token: the text did
+                # stop there. Only a request the core still runs needs aborting.
+                if finish_reason is None:
+                    reqs_to_abort.append(out.request_id)
                 finish_reason, stop_reason = "stop", stop_str
-                reqs_to_abort.append(out.request_id)
             self._update_logprobs(state, out)
             det = state.detokenizer
             parent.children[state.child_id] = CompletionOutput(
@@ -152,10 +159,13 @@ class OutputProcessor:
         if state.logprobs is None or out.new_logprobs is None:
             return
         lp = out.new_logprobs
+        # The sampler computes top-k once for the whole batch, with the largest k any request in
+        # it asked for; each request keeps its own k (+ column 0, the sampled token).
+        width = state.params.logprobs + 1
         for ids, values, rank in zip(lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks):
             entry: dict[int, Logprob] = {}
             # Column 0 is the sampled token; the rest are the top-k, ranked 1..k.
-            for col, (tok, value) in enumerate(zip(ids, values)):
+            for col, (tok, value) in enumerate(zip(ids[:width], values[:width])):
                 if tok in entry:
                     continue
                 entry[tok] = Logprob(value, rank if col == 0 else col, self.tokenizer.decode([tok]))

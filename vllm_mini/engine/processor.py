@@ -1,22 +1,62 @@
-"""Processor: user inputs -> validated engine Requests.
+"""Processor: user inputs -> validated EngineCoreRequests.
 
 Stage 5. Mirrors vllm/v1/engine/processor.py. Everything a client can get wrong is checked here,
-before the request reaches the scheduler, so a bad request costs an error message and nothing
-else: prompt type, empty prompt, token ids outside the vocabulary, a prompt that leaves no room to
-generate within max_model_len, or a request that could never fit in the whole KV cache.
+once, before the request reaches the scheduler, so a bad request costs an error message and
+nothing else: prompt type, empty prompt, token ids that are not ints or lie outside the
+vocabulary, a prompt longer than max_model_len, or a request that could never fit in the whole KV
+cache. The server adds only the OpenAI API's own policy on top (`check_context_length` with
+`strict=True`), from this same function.
+
+Lengths, as in vLLM: a prompt may be as long as max_model_len. Generation stops at max_model_len
+whatever max_tokens says (the scheduler finishes the request with "length"), so the offline API
+never rejects a large max_tokens; max_tokens=None means "until max_model_len".
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from vllm_mini.config import VllmConfig
+from vllm_mini.engine import EngineCoreRequest
 from vllm_mini.sampling_params import SamplingParams
 
 # What LLM.generate and the engine accept as a prompt (vLLM's PromptType, simplified).
 PromptType = str | dict[str, Any]
+
+
+def check_context_length(
+    num_prompt_tokens: int,
+    max_tokens: int | None,
+    max_model_len: int,
+    *,
+    input_name: str = "prompt",
+    strict: bool = False,
+) -> None:
+    """The one length check. Offline (strict=False): the prompt may fill the context.
+
+    The OpenAI server (strict=True) follows vLLM's serving layer: the input must leave room for
+    one generated token, and an explicit max_tokens must fit in what is left.
+    """
+    if num_prompt_tokens > max_model_len or (strict and num_prompt_tokens >= max_model_len):
+        room = "shorter than" if strict else "at most"
+        raise ValueError(
+            f"{input_name} too long: {num_prompt_tokens} tokens, but this model's maximum context "
+            f"length (max_model_len) is {max_model_len}; the input must be {room} that"
+            + (" to leave room to generate at least one token" if strict else "")
+        )
+    if strict and max_tokens is not None and num_prompt_tokens + max_tokens > max_model_len:
+        raise ValueError(
+            f"max_tokens must be <= {max_model_len - num_prompt_tokens} (max_model_len "
+            f"{max_model_len} minus the {num_prompt_tokens} input tokens), got {max_tokens}"
+        )
+
+
+def _is_token_id(t: object) -> bool:
+    # bool is a subclass of int in Python: [True, 5] would silently become token ids [1, 5].
+    return isinstance(t, int) and not isinstance(t, bool)
 
 
 class Processor:
@@ -25,6 +65,7 @@ class Processor:
     ) -> None:
         self.model_config = vllm_config.model_config
         self.tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
         self.kv_capacity_tokens = num_kv_blocks * vllm_config.cache_config.block_size
 
     def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
@@ -34,8 +75,12 @@ class Processor:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 ids = prompt["prompt_token_ids"]
-                if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-                    raise ValueError("prompt_token_ids must be a list of ints")
+                if not isinstance(ids, list) or not all(_is_token_id(t) for t in ids):
+                    bad = [t for t in ids if not _is_token_id(t)] if isinstance(ids, list) else ids
+                    raise ValueError(
+                        f"prompt_token_ids must be a list of ints, got {type(ids).__name__} "
+                        f"with {bad[:5] if isinstance(bad, list) else bad!r}"
+                    )
                 return prompt.get("prompt"), list(ids)
             if isinstance(prompt.get("prompt"), str):
                 return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
@@ -44,39 +89,57 @@ class Processor:
             f"got {type(prompt).__name__}"
         )
 
+    def process_inputs(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+        priority: int = 0,
+    ) -> tuple[str | None, EngineCoreRequest]:
+        """Tokenize and validate; return (prompt text, the request for the core)."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an int, got {priority!r}")
+        prompt_text, prompt_ids = self.tokenize_prompt(prompt)
+        params = self.validate(prompt_ids, params)
+        request = EngineCoreRequest(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            sampling_params=params,
+            eos_token_id=self.eos_token_id,
+            arrival_time=arrival_time if arrival_time is not None else time.monotonic(),
+            priority=priority,
+        )
+        return prompt_text, request
+
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> SamplingParams:
-        """Check the request against the model and return params with max_tokens filled in."""
+        """Check the request against the model; return a copy with max_tokens and EOS filled in."""
         max_len = self.model_config.max_model_len
         vocab = self.model_config.vocab_size
         n = len(prompt_token_ids)
         if n == 0:
-            raise ValueError("the prompt is empty: it must contain at least one token")
+            raise ValueError("prompt is empty: it must contain at least one token")
         bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt token ids must be in [0, {vocab}), got {bad[:5]}")
         bad_stop = [t for t in params.stop_token_ids or () if t >= vocab]
         if bad_stop:  # the sampler indexes logits with them: an unchecked id crashes the step
             raise ValueError(f"stop_token_ids must be in [0, {vocab}), got {bad_stop[:5]}")
-        if n >= max_len:
-            raise ValueError(
-                f"the prompt has {n} tokens; it must be shorter than max_model_len ({max_len}) "
-                "to leave room for at least one generated token"
-            )
-        if params.max_tokens is None:
-            params = params.clone()
-            params.max_tokens = max_len - n
-        if params.max_tokens > max_len - n:
-            raise ValueError(
-                f"max_tokens must be <= {max_len - n} (max_model_len {max_len} minus the prompt's "
-                f"{n} tokens), got {params.max_tokens}"
-            )
+        check_context_length(n, params.max_tokens, max_len)
         if params.logprobs is not None and params.logprobs > self.model_config.max_logprobs:
             raise ValueError(
                 f"logprobs must be in [0, {self.model_config.max_logprobs}], got {params.logprobs}"
             )
-        if n + params.max_tokens > self.kv_capacity_tokens:
+        params = params.clone()
+        if params.max_tokens is None:
+            # Until the context is full (a prompt of exactly max_model_len still gets one token).
+            params.max_tokens = max(1, max_len - n)
+        # The most tokens this request can ever hold: generation stops at max_model_len.
+        needed = min(n + params.max_tokens, max_len)
+        if needed > self.kv_capacity_tokens:
             raise ValueError(
-                f"the request needs up to {n + params.max_tokens} tokens of KV cache but the whole "
-                f"cache holds {self.kv_capacity_tokens}; lower max_tokens or enlarge the cache"
+                f"the request needs up to {needed} tokens of KV cache but the whole cache holds "
+                f"{self.kv_capacity_tokens}; lower max_tokens or enlarge the cache"
             )
+        params.update_from_generation_config(self.eos_token_id)
         return params

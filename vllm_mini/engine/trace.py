@@ -2,7 +2,7 @@
 
 Stage 4-5 teaching tool (the Streamlit visualizer in app/ replays it). vLLM publishes similar
 facts as KV-cache events (vllm/distributed/kv_events.py: BlockStored / BlockRemoved) and scheduler
-stats; here one recorder snapshots, after each engine step: who was scheduled and with how many
+stats; here one recorder reads the core's public snapshot (EngineCore.snapshot) after each step: who was scheduled and with how many
 tokens (a prefill chunk or a decode), who was preempted or finished, every request's block table,
 the state of every physical block (free / owned with ref count / cached-evictable with its hash),
 KV usage and the prefix-cache hit rate. Off by default: the engine calls it only when attached.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from vllm_mini.engine.core import RequestSnapshot
     from vllm_mini.engine.llm_engine import LLMEngine
 
 
@@ -108,46 +109,43 @@ class TraceRecorder:
 
     def record(self, finished_ids: list[str]) -> StepTrace | None:
         """Snapshot the engine right after a step; `finished_ids` ended during that step."""
-        core = self.engine.engine_core
-        so = core.last_scheduler_output
+        snap = self.engine.engine_core.snapshot()
+        so = snap.last_scheduler_output
         if so is None:
             return None
-        scheduler = core.scheduler
-        kv = scheduler.kv_cache_manager
         # Text so far, from the output processor's live detokenizers. A request that is added and
         # finishes within one step is never seen live: its final text stays unknown ("").
-        for child_id, state in self.engine.output_processor.request_states.items():
-            self._detokenizers[child_id] = state.detokenizer
+        for child_id, detokenizer in self.engine.output_processor.detokenizers().items():
+            self._detokenizers[child_id] = detokenizer
         new_ids = [r.req_id for r in so.scheduled_new_reqs]
         requests = []
-        for request in [*scheduler.running, *scheduler.waiting]:
+        for request in snap.requests:
             n = so.num_scheduled_tokens.get(request.request_id, 0)
             kind = self._kind(request, n)
             self._num_tokens_before[request.request_id] = request.num_tokens
             requests.append(
                 RequestTrace(
                     request_id=request.request_id,
-                    status=request.status.name,
+                    status=request.status,
                     num_prompt_tokens=request.num_prompt_tokens,
                     num_tokens=request.num_tokens,
                     num_computed_tokens=request.num_computed_tokens,
-                    block_ids=kv.get_block_ids(request.request_id),
+                    block_ids=request.block_ids,
                     scheduled_tokens=n,
                     kind=kind,
                     text=self._text(request.request_id),
                 )
             )
         blocks = []
-        cached_map = kv.block_pool.cached_block_hash_to_block
-        for block in kv.block_pool.blocks:
+        for block in snap.blocks:
             if block.ref_cnt > 0:
                 state = "owned"
-            elif block.block_hash is not None and cached_map.get(block.block_hash) is block:
+            elif block.is_cached:
                 state = "cached"  # a prefix-cache lookup would find exactly this block
             else:
                 state = "free"
             blocks.append((state, block.ref_cnt, _hash_prefix(block.block_hash)))
-        stats = scheduler.make_stats()
+        stats = snap.stats
         step = StepTrace(
             step=len(self.trace.steps),
             scheduled=dict(so.num_scheduled_tokens),
@@ -174,7 +172,7 @@ class TraceRecorder:
         detokenizer = self._detokenizers.get(request_id)
         return detokenizer.output_text if detokenizer is not None else ""
 
-    def _kind(self, request: Any, num_scheduled: int) -> str:
+    def _kind(self, request: RequestSnapshot, num_scheduled: int) -> str:
         """prefill (a prompt chunk, or a recompute after preemption), decode, or idle."""
         if num_scheduled == 0:
             return "idle"

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
-from vllm_mini.core.kv_cache_utils import get_request_block_hasher
 from vllm_mini.core.sched.output import (
     CachedRequestData,
     EngineCoreOutput,
@@ -65,10 +64,6 @@ class Scheduler:
         self.block_size = cache.block_size
         self.kv_cache_manager = KVCacheManager(
             num_blocks, cache.block_size, self.max_model_len, cache.enable_prefix_caching
-        )
-        # The engine passes this to every Request so its full blocks get hashed as tokens arrive.
-        self.block_hasher = (
-            get_request_block_hasher(cache.block_size) if cache.enable_prefix_caching else None
         )
         self.requests: dict[str, Request] = {}
         self.waiting = create_request_queue(self.policy)

@@ -54,22 +54,20 @@ class OpenAIServingChat(OpenAIServing):
         try:
             params = request.to_sampling_params()
             prompt = self.render_chat(request.messages, request.add_generation_prompt)
-            params = self.validate_prompt(prompt, params, input_name="messages")
+            self.validate_prompt(prompt, params, input_name="messages")
+            request_id = self.request_id()
+            queues = await self.add_requests([prompt], [params], request_id)
         except ValueError as e:
             return self.bad_request(e, request)
 
-        request_id = self.request_id()
-        results = self.generate([prompt], [params], request_id)
+        results = self.generate([prompt], [params], request_id, queues)
         if request.stream:
             num_prompt_tokens = len(prompt["prompt_token_ids"])
             return self.stream(request, num_prompt_tokens, params, results, request_id)
         final: RequestOutput | None = None
-        try:
-            async with aclosing(results) as stream:
-                async for _, out in stream:
-                    final = out
-        except ValueError as e:  # the engine refused it after all
-            return self.bad_request(e, request)
+        async with aclosing(results) as stream:
+            async for _, out in stream:
+                final = out
         assert final is not None and final.finished, "the stream ends with the finished output"
         return self.full_response(request, final, request_id)
 

@@ -60,21 +60,21 @@ class OpenAIServingCompletion(OpenAIServing):
         try:
             base_params = request.to_sampling_params()
             prompts = [self.tokenize_prompt(p) for p in split_prompts(request.prompt)]
-            params = [self.validate_prompt(p, base_params) for p in prompts]
+            for p in prompts:
+                self.validate_prompt(p, base_params)
+            params = [base_params] * len(prompts)
+            request_id = self.request_id()
+            queues = await self.add_requests(prompts, params, request_id)
         except ValueError as e:
             return self.bad_request(e, request)
 
-        request_id = self.request_id()
-        results = self.generate(prompts, params, request_id)
+        results = self.generate(prompts, params, request_id, queues)
         if request.stream:
             return self.stream(request, prompts, params[0], results, request_id)
         final: list[RequestOutput | None] = [None] * len(prompts)
-        try:
-            async with aclosing(results) as stream:
-                async for i, out in stream:
-                    final[i] = out
-        except ValueError as e:  # the engine refused it after all
-            return self.bad_request(e, request)
+        async with aclosing(results) as stream:
+            async for i, out in stream:
+                final[i] = out
         return self.full_response(request, prompts, final, request_id)
 
     def full_response(

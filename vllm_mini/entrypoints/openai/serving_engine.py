@@ -20,6 +20,7 @@ from typing import Any, TypedDict
 from pydantic import BaseModel
 
 from vllm_mini.engine.async_llm import AsyncLLM
+from vllm_mini.engine.processor import check_context_length
 from vllm_mini.entrypoints import chat_utils
 from vllm_mini.entrypoints.openai.metrics import ServerMetrics
 from vllm_mini.entrypoints.openai.protocol import ChatMessage, ErrorInfo, ErrorResponse
@@ -154,35 +155,50 @@ class OpenAIServing:
 
     def validate_prompt(
         self, prompt: EnginePrompt, params: SamplingParams, input_name: str = "prompt"
-    ) -> SamplingParams:
-        """Raise ValueError unless the request fits; return params with max_tokens filled in."""
-        n = len(prompt["prompt_token_ids"])
-        if n >= self.max_model_len:
-            raise ValueError(
-                f"{input_name} too long: {n} tokens, but this model's maximum context length is "
-                f"{self.max_model_len} tokens, and the input must leave room to generate at "
-                "least one token"
-            )
-        # The engine's own checks (token ids in the vocabulary, max_tokens within
-        # max_model_len, the request fitting the KV cache), run now so they fail as a 400.
-        return self.engine.engine.processor.validate(prompt["prompt_token_ids"], params)
+    ) -> None:
+        """The OpenAI API's length policy (stricter than offline: the input must leave room to
+        generate, and an explicit max_tokens must fit). Everything else is validated once, by
+        the engine's Processor, when the request is added."""
+        check_context_length(
+            len(prompt["prompt_token_ids"]),
+            params.max_tokens,
+            self.max_model_len,
+            input_name=input_name,
+            strict=True,
+        )
 
     # ---- running requests --------------------------------------------------------------------
+
+    async def add_requests(
+        self, prompts: list[EnginePrompt], params: list[SamplingParams], request_id: str
+    ) -> list[asyncio.Queue]:
+        """Add every prompt as its own engine request, all or nothing: a ValueError (bad input
+        the engine's Processor found) leaves nothing queued and becomes a 400 before any byte of
+        the response is sent."""
+        await self.engine.check_health()
+        queues: list[asyncio.Queue] = []
+        try:
+            for i, (prompt, p) in enumerate(zip(prompts, params)):
+                queues.append(await self.engine.add_request(f"{request_id}-{i}", prompt, p))
+        except ValueError:
+            self.engine.abort_nowait([f"{request_id}-{i}" for i in range(len(queues))])
+            raise
+        return queues
 
     async def generate(
         self,
         prompts: list[EnginePrompt],
         params: list[SamplingParams],
         request_id: str,
+        queues: list[asyncio.Queue],
     ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
-        """Run every prompt as its own engine request; yield (prompt index, cumulative output)
-        in arrival order. Mirrors vLLM's merge_async_iterators."""
-        await self.engine.check_health()
+        """Stream the requests `add_requests` queued; yield (prompt index, cumulative output) in
+        arrival order. Mirrors vLLM's merge_async_iterators."""
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
         async def produce(i: int) -> None:
             try:
-                stream = self.engine.generate(prompts[i], params[i], f"{request_id}-{i}")
+                stream = self.engine.iterate_outputs(f"{request_id}-{i}", queues[i])
                 async for out in stream:
                     queue.put_nowait((i, out))
             except Exception as e:  # noqa: BLE001 - handed to the consumer, who raises it
