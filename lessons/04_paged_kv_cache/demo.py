@@ -2,7 +2,7 @@
 contiguous vs paged allocation on 64 mixed requests, and the kernels side by side.
 
 Runs on a tiny random Llama (built like tests/conftest.py does) and on the engine's classes
-directly; nothing is downloaded. The first run may compile the C++ kernel (about a minute).
+directly; nothing is downloaded. The C++ kernel was compiled when the package was installed.
 
     .venv/bin/python lessons/04_paged_kv_cache/demo.py       (about 10 s once compiled)
 """

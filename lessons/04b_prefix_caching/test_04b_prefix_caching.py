@@ -36,6 +36,9 @@ class EngineSide:
         hits, num_hit = self.kv.get_computed_blocks(req)
         if self.kv.allocate_slots(req, len(tokens) - num_hit, num_hit, hits) is None:
             return None
+        # The step runs: the prompt's KV is written, as the scheduler records after scheduling.
+        # (A request freed before its forward pass would give its fresh hashes back.)
+        req.num_computed_tokens = len(tokens)
         self.requests[req_id] = req
         return self.kv.get_block_ids(req_id), num_hit
 

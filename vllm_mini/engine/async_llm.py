@@ -8,9 +8,10 @@ by one thread only.
     process_core_outputs, abort_front_end) and the per-request asyncio queues;
   - one worker thread at a time (asyncio.to_thread): the EngineCore. Requests to add or abort
     reach it through a FIFO (`_core_inbox`) that the worker drains before each step.
-So `add_request`, `abort` and `get_stats` never wait for a step to finish: the loop keeps serving
-HTTP while a long step runs. A consumer that stops iterating (client disconnect, task cancel)
-aborts its request; its KV blocks are freed when the worker drains the abort, before the next step.
+So `add_request` and `get_stats` never wait for a step to finish: the loop keeps serving HTTP
+while a long step runs. A consumer that stops iterating (client disconnect, task cancel) aborts
+its request; its KV blocks are freed when the worker drains the abort, before the next step.
+`await abort(id)` returns once that has happened (it awaits a future; the loop stays free).
 """
 
 from __future__ import annotations
@@ -41,11 +42,15 @@ class AsyncLLM:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
-        # ("add", [EngineCoreRequest, ...]) or ("abort", [core id, ...]), in arrival order.
+        # (seq, "add", [EngineCoreRequest, ...]) or (seq, "abort", [core id, ...]), in order.
         # deque.append/popleft are atomic, so the loop thread appends while the worker pops.
-        self._core_inbox: deque[tuple[str, list[Any]]] = deque()
+        self._core_inbox: deque[tuple[int, str, list[Any]]] = deque()
+        self._inbox_seq = 0
         # Written by the worker thread, read by the loop thread only after the step returns.
         self._core_busy = False
+        self._applied_seq = 0
+        # Loop-thread futures of `abort` calls, resolved once the core has applied their seq.
+        self._waiters: list[tuple[int, asyncio.Future]] = []
         self._scheduler_stats: SchedulerStats = engine.engine_core.make_stats()
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -81,8 +86,9 @@ class AsyncLLM:
                 core_outputs, stats = await asyncio.to_thread(self._core_step)
                 outputs, reqs_to_abort = self.engine.process_core_outputs(core_outputs, stats)
                 self._scheduler_stats = stats
+                self._resolve_waiters()
                 if reqs_to_abort:  # stop strings ended these; the core still holds them
-                    self._core_inbox.append(("abort", reqs_to_abort))
+                    self._send_to_core("abort", reqs_to_abort)
                 for out in outputs:
                     queue = self.queues.get(out.request_id)
                     if queue is not None:
@@ -96,17 +102,20 @@ class AsyncLLM:
             for queue in self.queues.values():
                 queue.put_nowait(EngineDeadError(f"engine loop died: {e!r}"))
             self.queues.clear()
+            self._applied_seq = self._inbox_seq  # nothing will run any more: release waiters
+            self._resolve_waiters()
 
     def _core_step(self) -> tuple[list[EngineCoreOutput], SchedulerStats]:
         """Worker thread: apply queued adds/aborts in order, then one engine-core step."""
         core = self.engine.engine_core
         while self._core_inbox:
-            kind, items = self._core_inbox.popleft()
+            seq, kind, items = self._core_inbox.popleft()
             if kind == "add":
                 for request in items:
                     core.add_request(request)
             else:
                 core.abort_requests(items)
+            self._applied_seq = seq
         outputs = core.step() if core.has_unfinished_requests() else []
         self._core_busy = core.has_unfinished_requests()
         return outputs, core.make_stats()
@@ -126,9 +135,25 @@ class AsyncLLM:
         )
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self.queues[request_id] = queue
-        self._core_inbox.append(("add", core_requests))
-        self._wakeup.set()
+        self._send_to_core("add", core_requests)
         return queue
+
+    def _send_to_core(self, kind: str, items: list[Any]) -> int:
+        self._inbox_seq += 1
+        self._core_inbox.append((self._inbox_seq, kind, items))
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return self._inbox_seq
+
+    def _resolve_waiters(self) -> None:
+        pending = []
+        for seq, future in self._waiters:
+            if seq <= self._applied_seq:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                pending.append((seq, future))
+        self._waiters = pending
 
     async def generate(
         self,
@@ -159,19 +184,23 @@ class AsyncLLM:
                 self.abort_nowait(request_id)
 
     async def abort(self, request_id: str | list[str]) -> None:
-        self.abort_nowait(request_id)
+        """Abort and wait (without blocking the loop) until the core has freed the request: at
+        most the rest of the step in flight."""
+        seq = self.abort_nowait(request_id)
+        if seq is not None and self._loop_task is not None and not self._loop_task.done():
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((seq, future))
+            await future
 
-    def abort_nowait(self, request_id: str | list[str]) -> None:
+    def abort_nowait(self, request_id: str | list[str]) -> int | None:
         """Forget the request in the front end now; the core frees it before its next step.
-        Synchronous, so it also works inside a cancelled task's cleanup."""
+        Synchronous, so it also works inside a cancelled task's cleanup. Returns the inbox
+        sequence number of the abort (None if nothing was running)."""
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         for rid in ids:
             self.queues.pop(rid, None)
         core_ids = self.engine.abort_front_end(ids)
-        if core_ids:
-            self._core_inbox.append(("abort", core_ids))
-            if self._wakeup is not None:
-                self._wakeup.set()
+        return self._send_to_core("abort", core_ids) if core_ids else None
 
     def get_stats(self) -> dict[str, Any]:
         """Counters as of the last step (the core's own state is never read off its thread)."""
