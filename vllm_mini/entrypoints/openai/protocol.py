@@ -201,12 +201,6 @@ class ChatMessage(OpenAIBaseModel):
                 )
         return content
 
-    def text(self) -> str:
-        """The content as one string; text parts are joined with newlines, as vLLM does."""
-        if self.content is None or isinstance(self.content, str):
-            return self.content or ""
-        return "\n".join(part["text"] for part in self.content)
-
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
