@@ -1,20 +1,22 @@
 """Model runner: from the scheduler's decisions to input tensors, a forward pass and samples.
 
-Stage 5. Mirrors vllm/v1/worker/gpu_model_runner.py (and its InputBatch). The runner keeps, for
-every request it has seen, the token ids, block ids and sampling state (a persistent batch), so the
-scheduler only sends deltas each step. `execute_model` then:
-  1. flattens all scheduled tokens of all requests into one batch: input_ids, positions;
-  2. computes each token's KV slot: slot = block_table[pos // block_size] * block_size + pos % block_size;
-  3. builds AttentionMetadata (query_start_loc, seq_lens, block_table, slot_mapping);
-  4. runs the model under the forward context, keeps only each request's last hidden state,
+Stage 5. Mirrors vllm/v1/worker/gpu_model_runner.py. The runner keeps every running request in a
+persistent batch (input_batch.py, vLLM's InputBatch): preallocated tensors of token ids, token
+counts, block table rows and sampling parameters, so each step only writes the scheduler's deltas
+and the sampled tokens. `execute_model` then:
+  1. updates the batch: requests leave, enter, get new blocks; holes are condensed;
+  2. gathers all scheduled tokens of all requests into one flat batch: input_ids, positions;
+  3. computes each token's KV slot: slot = block_table[pos // block_size] * block_size + pos % block_size;
+  4. builds AttentionMetadata (query_start_loc, seq_lens, block_table, slot_mapping);
+  5. runs the model under the forward context, keeps only each request's last hidden state,
      computes logits for requests that reached the end of their known tokens, samples.
+Steps 2-4 are vectorized array ops; `compute_slot_mapping` below is the list version to read first.
 Next: engine/core.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+import numpy as np
 import torch
 
 from vllm_mini.attention import Attention
@@ -25,29 +27,9 @@ from vllm_mini.core.sched.output import LogprobsLists, ModelRunnerOutput, Schedu
 from vllm_mini.forward_context import set_forward_context
 from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
-from vllm_mini.model_executor.sampling_metadata import SamplingMetadata
-from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
 
-
-@dataclass
-class CachedRequestState:
-    req_id: str
-    prompt_token_ids: list[int]
-    sampling_params: SamplingParams
-    block_ids: list[int]
-    num_computed_tokens: int
-    output_token_ids: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
-
-    def token_ids(self, start: int, end: int) -> list[int]:
-        n_prompt = len(self.prompt_token_ids)
-        if end <= n_prompt:
-            return self.prompt_token_ids[start:end]
-        return (self.prompt_token_ids + self.output_token_ids)[start:end]
+__all__ = ["CachedRequestState", "ModelRunner", "compute_slot_mapping"]
 
 
 class ModelRunner:
@@ -56,7 +38,15 @@ class ModelRunner:
         self.model_config = vllm_config.model_config
         self.block_size = vllm_config.cache_config.block_size
         self.device = vllm_config.device_config.torch_device
+        # Every request the scheduler runs, whether or not it is in this step's batch.
         self.requests: dict[str, CachedRequestState] = {}
+        self.input_batch = InputBatch(
+            max_num_reqs=vllm_config.scheduler_config.max_num_seqs,
+            max_model_len=self.model_config.max_model_len,
+            block_size=self.block_size,
+            vocab_size=self.model_config.vocab_size,
+            device=self.device,
+        )
         self.sampler = Sampler()
         self.model: torch.nn.Module | None = None
         self.attn_layers: list[Attention] = []
@@ -80,9 +70,11 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- persistent batch
     def _update_states(self, so: SchedulerOutput) -> None:
+        batch = self.input_batch
         gone = so.finished_req_ids | so.preempted_req_ids
         for req_id in gone:
             state = self.requests.pop(req_id, None)
+            batch.remove_request(req_id)
             if req_id in so.preempted_req_ids and state is not None and state.generator is not None:
                 # Keep a preempted request's random stream: when it resumes, it continues it, so
                 # a seeded request samples the same tokens whether or not it was preempted.
@@ -92,12 +84,16 @@ class ModelRunner:
         if gone and self.vllm_config.attention_config.backend == "naive":
             for layer in self.attn_layers:
                 layer.impl.free_requests(gone)
+        # Running requests the scheduler skipped this step (its token budget ran out) leave the
+        # batch but keep their state; they re-enter when they are scheduled again.
+        for req_id in [r for r in batch.req_id_to_index if r not in so.num_scheduled_tokens]:
+            batch.remove_request(req_id)
         for new in so.scheduled_new_reqs:
             params = new.sampling_params
             generator = self._paused_generators.pop(new.req_id, None)
             if generator is None and params.seed is not None:
                 generator = torch.Generator(device=self.device).manual_seed(params.seed)
-            self.requests[new.req_id] = CachedRequestState(
+            state = CachedRequestState(
                 req_id=new.req_id,
                 prompt_token_ids=new.prompt_token_ids,
                 sampling_params=params,
@@ -106,6 +102,8 @@ class ModelRunner:
                 output_token_ids=list(new.output_token_ids),
                 generator=generator,
             )
+            self.requests[new.req_id] = state
+            batch.add_request(state)
         cached = so.scheduled_cached_reqs
         for req_id, block_ids, num_computed in zip(
             cached.req_ids, cached.new_block_ids, cached.num_computed_tokens
@@ -113,53 +111,64 @@ class ModelRunner:
             state = self.requests[req_id]
             state.block_ids.extend(block_ids)
             state.num_computed_tokens = num_computed
+            row = batch.req_id_to_index.get(req_id)
+            if row is None:
+                batch.add_request(state)  # back from a step it sat out
+            else:
+                batch.update_request(row, num_computed, block_ids)  # only the deltas
+        batch.condense()
 
     # ------------------------------------------------------------------------- inputs
     def _prepare_inputs(
         self, so: SchedulerOutput, req_ids: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        bs = self.block_size
-        for req_id in req_ids:
-            state = self.requests[req_id]
-            start = state.num_computed_tokens
-            end = start + so.num_scheduled_tokens[req_id]
-            input_ids.extend(state.token_ids(start, end))
-            positions.extend(range(start, end))
-            slots.extend(compute_slot_mapping(state.block_ids, start, end, bs))
-            query_start_loc.append(query_start_loc[-1] + end - start)
-            seq_lens.append(end)
-        max_blocks = max(len(self.requests[r].block_ids) for r in req_ids)
-        block_table = torch.zeros(len(req_ids), max_blocks, dtype=torch.int32)
-        for i, req_id in enumerate(req_ids):
-            ids = self.requests[req_id].block_ids
-            block_table[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
-        dev = self.device
+        """Flat input_ids, positions and the step's AttentionMetadata; req_ids[i] is batch row i.
+
+        All index arithmetic is numpy on the batch's CPU arrays, a handful of whole-array ops
+        whatever the batch size (on small arrays a numpy op costs a fraction of a torch op);
+        the results become tensors (zero-copy) and move to the device once.
+        """
+        batch = self.input_batch
+        n = len(req_ids)
+        num_scheduled = np.array([so.num_scheduled_tokens[r] for r in req_ids])  # [n]
+        cu_num_tokens = np.cumsum(num_scheduled)  # [n]: end of each request's rows
+        total = int(cu_num_tokens[-1])
+        # Token t of the flat batch belongs to batch row req_indices[t] ...
+        req_indices = np.repeat(np.arange(n), num_scheduled)  # [T]
+        # ... and is that request's offsets[t]-th new token, at position computed + offset.
+        offsets = np.arange(total) - np.repeat(cu_num_tokens - num_scheduled, num_scheduled)
+        num_computed = batch.num_computed_tokens_np[:n]
+        positions = num_computed[req_indices] + offsets  # [T]
+        # input_ids[t] = token_ids[req_indices[t], positions[t]]: one gather, no Python loop.
+        input_ids = batch.token_ids_np[req_indices, positions].astype(np.int64)  # [T]
+        slot_mapping = batch.block_table.compute_slot_mapping(req_indices, positions)  # [T]
+        seq_lens = num_computed + num_scheduled  # [n]: context after this step
+        query_start_loc = np.concatenate([[0], cu_num_tokens])  # [n + 1]
+        seq_lens_cpu = seq_lens.tolist()
+
+        def to_device(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(self.device)
+
         meta = AttentionMetadata(
-            num_actual_tokens=len(input_ids),
-            max_query_len=max(b - a for a, b in zip(query_start_loc, query_start_loc[1:])),
-            max_seq_len=max(seq_lens),
-            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_table=block_table.to(dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            query_start_loc_cpu=query_start_loc,
-            seq_lens_cpu=seq_lens,
+            num_actual_tokens=total,
+            max_query_len=int(num_scheduled.max()),
+            max_seq_len=max(seq_lens_cpu),
+            query_start_loc=to_device(query_start_loc.astype(np.int32)),
+            seq_lens=to_device(seq_lens.astype(np.int32)),
+            block_table=to_device(batch.block_table.get_block_table(n)),
+            slot_mapping=to_device(slot_mapping),
+            query_start_loc_cpu=query_start_loc.tolist(),
+            seq_lens_cpu=seq_lens_cpu,
             req_ids=req_ids,
         )
-        ids_t = torch.tensor(input_ids, dtype=torch.long, device=dev)
-        pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
-        return ids_t, pos_t, meta
+        return to_device(input_ids), to_device(positions), meta
 
     # -------------------------------------------------------------------------- step
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
         self._update_states(so)
-        req_ids = [r.req_id for r in so.scheduled_new_reqs] + so.scheduled_cached_reqs.req_ids
+        batch = self.input_batch
+        req_ids = list(batch.req_ids)  # condensed: row i is req_ids[i]
         if not req_ids:
             return ModelRunnerOutput([], {}, [])
         input_ids, positions, meta = self._prepare_inputs(so, req_ids)
@@ -168,39 +177,28 @@ class ModelRunner:
 
         # Only requests whose scheduled tokens reach their last known token sample; a partial
         # prefill chunk just fills the KV cache.
-        sample_rows = [
-            i
-            for i, req_id in enumerate(req_ids)
-            if meta.seq_lens_cpu[i] >= self.requests[req_id].num_tokens
-        ]
+        n = len(req_ids)
+        rows = np.flatnonzero(np.array(meta.seq_lens_cpu) >= batch.num_tokens_np[:n])  # [k]
         sampled: list[list[int]] = [[] for _ in req_ids]
         logprobs = None
-        if sample_rows:
-            last_token_idx = torch.tensor(
-                [meta.query_start_loc_cpu[i + 1] - 1 for i in sample_rows]
+        if len(rows):
+            last_token_idx = np.array(meta.query_start_loc_cpu[1:])[rows] - 1
+            logits = self.model.compute_logits(
+                hidden_states[torch.from_numpy(last_token_idx).to(self.device)]
             )
-            logits = self.model.compute_logits(hidden_states[last_token_idx.to(self.device)])
-            states = [self.requests[req_ids[i]] for i in sample_rows]
-            metadata = SamplingMetadata.from_params(
-                params=[s.sampling_params for s in states],
-                prompt_token_ids=[s.prompt_token_ids for s in states],
-                output_token_ids=[s.output_token_ids for s in states],
-                generators={j: s.generator for j, s in enumerate(states) if s.generator},
-                vocab_size=self.model_config.vocab_size,
-                device=self.device,
-            )
+            # In a pure decode step every row samples: the batch's cached metadata is used as is.
+            metadata = batch.sampling_metadata(None if len(rows) == n else rows.tolist())
             out = self.sampler(logits.float(), metadata)
             tokens = out.sampled_token_ids.tolist()
-            for j, i in enumerate(sample_rows):
-                states[j].output_token_ids.append(tokens[j])
-                sampled[i] = [tokens[j]]
+            batch.append_sampled_tokens(rows, tokens)
+            for row, token in zip(rows.tolist(), tokens):
+                batch.output_token_ids[row].append(token)  # the request state's own list
+                sampled[row] = [token]
             if out.logprobs_tensors is not None:
-                logprobs = _scatter_logprobs(
-                    out.logprobs_tensors.tolists(), sample_rows, len(req_ids)
-                )
+                logprobs = _scatter_logprobs(out.logprobs_tensors.tolists(), rows.tolist(), n)
         return ModelRunnerOutput(
             req_ids=req_ids,
-            req_id_to_index={r: i for i, r in enumerate(req_ids)},
+            req_id_to_index=dict(batch.req_id_to_index),
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
