@@ -21,6 +21,7 @@ import torch
 
 from vllm_mini.attention import Attention
 from vllm_mini.attention.backends.abstract import AttentionMetadata
+from vllm_mini.attention.selector import get_attn_backend
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.kv_cache_utils import get_kv_cache_shape
 from vllm_mini.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
@@ -47,6 +48,7 @@ class ModelRunner:
             vocab_size=self.model_config.vocab_size,
             device=self.device,
         )
+        self.attn_backend = get_attn_backend(vllm_config.attention_config.backend)
         self.sampler = Sampler()
         self.model: torch.nn.Module | None = None
         self.attn_layers: list[Attention] = []
@@ -58,8 +60,8 @@ class ModelRunner:
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One [2, num_blocks, block_size, num_kv_heads, head_size] tensor per attention layer."""
-        if self.vllm_config.attention_config.backend == "naive":
-            return  # the naive backend keeps its own contiguous per-request caches
+        if not self.attn_backend.uses_paged_kv_cache:
+            return  # e.g. the naive backend keeps its own contiguous per-request caches
         for layer in self.attn_layers:
             shape = get_kv_cache_shape(
                 num_blocks, self.block_size, layer.num_kv_heads, layer.head_size
@@ -81,8 +83,8 @@ class ModelRunner:
                 self._paused_generators[req_id] = state.generator
         for req_id in so.finished_req_ids:
             self._paused_generators.pop(req_id, None)
-        if gone and self.vllm_config.attention_config.backend == "naive":
-            for layer in self.attn_layers:
+        if gone:
+            for layer in self.attn_layers:  # backends that keep per-request memory free it
                 layer.impl.free_requests(gone)
         # Running requests the scheduler skipped this step (its token budget ran out) leave the
         # batch but keep their state; they re-enter when they are scheduled again.

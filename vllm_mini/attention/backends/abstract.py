@@ -1,14 +1,18 @@
 """The contract between the model runner, the attention layer and every attention backend.
 
 Stages 3-4. Mirrors vllm/attention/backends/abstract.py (AttentionBackend / AttentionImpl /
-AttentionMetadata). The model runner builds one AttentionMetadata per step; every Attention layer
-reads it from the forward context and hands it to its backend's `forward`. Next: naive.py.
+AttentionMetadata). An AttentionBackend says what the engine must know about a backend before any
+layer exists (does it use the paged KV cache, can blocks be shared by the prefix cache) and builds
+one AttentionImpl per layer. The model runner builds one AttentionMetadata per step; every
+Attention layer reads it from the forward context and hands it to its impl's `forward`. The list
+of backends is in attention/selector.py. Next: naive.py.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -39,6 +43,24 @@ class AttentionMetadata:
         return len(self.req_ids)
 
 
+class AttentionBackend(ABC):
+    """A backend as the config, the worker and the selector see it: a name and capabilities."""
+
+    name: ClassVar[str]
+    # The model runner allocates one [2, num_blocks, block_size, kv_heads, head_size] tensor per
+    # layer and the worker sizes it; False for a backend that keeps its own KV memory.
+    uses_paged_kv_cache: ClassVar[bool] = True
+    # KV blocks may be shared between requests, so the prefix cache can hand them out again.
+    supports_prefix_caching: ClassVar[bool] = True
+
+    @classmethod
+    @abstractmethod
+    def make_impl(
+        cls, num_heads: int, head_size: int, scale: float, num_kv_heads: int
+    ) -> AttentionImpl:
+        """The per-layer implementation (vLLM: get_impl_cls()(...))."""
+
+
 class AttentionImpl(ABC):
     """One backend's attention computation for one layer."""
 
@@ -60,4 +82,5 @@ class AttentionImpl(ABC):
         """query [T, num_heads, head_size], key/value [T, num_kv_heads, head_size] -> [T, H, D]."""
 
     def free_requests(self, req_ids: set[str]) -> None:  # noqa: B027 - optional hook
-        """Drop per-request state. Only backends that own per-request memory need this."""
+        """Drop per-request state of finished or preempted requests. The runner calls it on
+        every layer; only backends that own per-request memory need to override it."""

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from vllm_mini.attention.backends.abstract import AttentionImpl, AttentionMetadata
+from vllm_mini.attention.backends.abstract import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionMetadata,
+)
 
 
 def naive_attention(
@@ -47,12 +51,25 @@ def naive_attention(
     return out.to(query.dtype)
 
 
+class NaiveAttentionBackend(AttentionBackend):
+    name = "naive"
+    # Each request's K/V live in its own growing tensors, so the runner allocates no paged cache
+    # and no block can be shared: the config turns prefix caching off for this backend.
+    uses_paged_kv_cache = False
+    supports_prefix_caching = False
+
+    @classmethod
+    def make_impl(
+        cls, num_heads: int, head_size: int, scale: float, num_kv_heads: int
+    ) -> NaiveAttentionImpl:
+        return NaiveAttentionImpl(num_heads, head_size, scale, num_kv_heads)
+
+
 class NaiveAttentionImpl(AttentionImpl):
     """Keeps each request's K and V in its own contiguous tensor, grown every step.
 
     The engine's paged KV tensor is ignored: this backend is the reference, not the fast path.
-    Because the cache is private to each request, prefix caching cannot work with it (the config
-    turns prefix caching off when this backend is chosen).
+    `free_requests` drops a request's tensors when it finishes or is preempted.
     """
 
     def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int) -> None:

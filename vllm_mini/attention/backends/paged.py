@@ -4,15 +4,45 @@ Stage 4. Mirrors vllm/attention/backends/ (e.g. the CPU and FlashAttention backe
 vllm/attention/ops/paged_attn.py. Each step does two things per layer: scatter the new tokens' K/V
 into their slots (`reshape_and_cache`), then attend through each sequence's block table
 (`paged_attention`). Which kernel does that (torch / triton / cpu / cuda) is the only difference
-between backends; see attention/ops/.
+between backends, so each backend class below is just a name; see attention/ops/.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vllm_mini.attention.backends.abstract import AttentionImpl, AttentionMetadata
+from vllm_mini.attention.backends.abstract import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionMetadata,
+)
 from vllm_mini.attention.ops import get_paged_attention_ops
+
+
+class PagedAttentionBackend(AttentionBackend):
+    """The paged backends: KV in the runner's block tensors, shareable by the prefix cache."""
+
+    @classmethod
+    def make_impl(
+        cls, num_heads: int, head_size: int, scale: float, num_kv_heads: int
+    ) -> PagedAttentionImpl:
+        return PagedAttentionImpl(num_heads, head_size, scale, num_kv_heads, ops_name=cls.name)
+
+
+class TorchPagedAttentionBackend(PagedAttentionBackend):
+    name = "torch"  # the reference kernels, plain torch
+
+
+class TritonPagedAttentionBackend(PagedAttentionBackend):
+    name = "triton"
+
+
+class CpuPagedAttentionBackend(PagedAttentionBackend):
+    name = "cpu"  # the C++ kernels in csrc/cpu
+
+
+class CudaPagedAttentionBackend(PagedAttentionBackend):
+    name = "cuda"  # the CUDA kernels in csrc/cuda
 
 
 class PagedAttentionImpl(AttentionImpl):
