@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 
 from lessons._impl import load_impl
 from vllm_mini.config import CacheConfig, SchedulerConfig
 from vllm_mini.core.kv_cache_utils import get_num_blocks
+from vllm_mini.engine.arg_utils import EngineArgs
 
 impl = load_impl(__file__)
 
@@ -70,3 +73,26 @@ def test_too_small_a_budget_is_refused_like_the_worker():
         get_num_blocks(1000, 30, 16, 3, 64, torch.float32)
     with pytest.raises(ValueError):
         impl.num_kv_blocks(1000, 30, 16, 3, 64, torch.float32)
+
+
+# ----------------------------------------------------------------------------- the demo
+
+demo = load_impl(__file__, "demo")
+
+
+@pytest.mark.demo
+def test_demo_flags_config_sizing_and_refusals(capsys):
+    found = demo.main()
+    printed = capsys.readouterr().out
+    # One flag per EngineArgs field, and the parsed command line reached the nested configs.
+    assert len(found["flags"]) == len(fields(EngineArgs)) and "--max-num-seqs" in found["flags"]
+    config = found["config"]
+    assert config.scheduler_config.max_num_seqs == 8 and config.cache_config.block_size == 32
+    assert config.cache_config.enable_prefix_caching is False
+    # SmolLM2 in float32: 1 GiB / (2 * 30 layers * 32 tokens * 3 heads * 64 * 4 bytes) = 728.
+    assert found["blocks"] == get_num_blocks(1 << 30, 30, 32, 3, 64, torch.float32) == 728
+    assert "728 blocks of 32 tokens = 23296 tokens" in printed
+    # Every bad configuration is refused, and the message quotes the bad value.
+    assert None not in found["refused"] and "ACCEPTED" not in printed
+    for bad, message in zip(demo.BAD_CONFIGS, found["refused"]):
+        assert str(list(bad.values())[-1]) in message, (bad, message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize, quantize
 
 from lessons._impl import load_impl
@@ -13,11 +13,13 @@ from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.model_executor.layers.layernorm import RMSNorm
 from vllm_mini.model_executor.layers.rotary_embedding import RotaryEmbedding
 from vllm_mini.model_executor.model_loader import get_model
+from vllm_mini.model_executor.model_loader.loader import process_weights_after_loading
 from vllm_mini.model_executor.model_loader.weight_utils import (
     default_weight_loader,
     get_safetensors_files,
     safetensors_weights_iterator,
 )
+from vllm_mini.model_executor.models.llama import LlamaMLP
 
 impl = load_impl(__file__)
 
@@ -87,3 +89,46 @@ def test_q4_1_dequantization_matches_the_gguf_loader():
     expected = dequantize(blocks, GGMLQuantizationType.Q4_1).reshape(-1)
     got = impl.dequantize_q4_1(blocks.reshape(-1, 20))
     torch.testing.assert_close(got, torch.from_numpy(expected.astype(np.float32)))
+
+
+# ----------------------------------------------------------------------------- the demo
+
+demo = load_impl(__file__, "demo")
+
+
+@pytest.mark.demo
+def test_demo_gguf_sections_on_the_real_file(smollm2_gguf, capsys):
+    """Sections 2 and 3 read the GGUF only (no model is built): fast enough for every run."""
+    reader = GGUFReader(str(smollm2_gguf))
+    assert demo.show_q4_1_block(reader)
+    assert demo.show_qk_permutation(reader, n_kv_heads=3, head=64)
+    printed = capsys.readouterr().out
+    assert "by hand == gguf.dequantize: True" in printed and "0.625 bytes per weight" in printed
+
+
+@pytest.mark.demo
+def test_demo_tensor_parallel_check_scales_with_the_outputs(monkeypatch, capsys):
+    """Outputs in the thousands, like SmolLM2's layer 0: correct shards must pass, wrong fail."""
+    torch.manual_seed(0)
+    hidden, inter = 96, 192
+    mlp = LlamaMLP(hidden, inter, prefix="mlp")
+    for p in mlp.parameters():
+        p.data.normal_()
+    process_weights_after_loading(mlp)  # column-major, as in the loaded model
+    assert demo.show_tensor_parallel_mlp(mlp, hidden, inter)
+    assert "outputs up to" in capsys.readouterr().out
+    # Every "rank" loading rank 0's shard must be caught, not forgiven by the tolerance.
+    real = demo.simulate_tensor_parallel
+    monkeypatch.setattr(demo, "simulate_tensor_parallel", lambda rank, tp: real(0, tp))
+    assert not demo.show_tensor_parallel_mlp(mlp, hidden, inter)
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_smollm2(capsys):
+    found = demo.main()
+    printed = capsys.readouterr().out
+    assert found["q4_1_by_hand"] and found["rope_permutation"] and found["tied_lm_head"]
+    assert found["max_logit_diff"] < 1e-3  # float32 against HF's own GGUF de-quantization
+    assert found["tensor_parallel_mlp"]
+    assert ": False" not in printed
