@@ -12,6 +12,7 @@ import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -21,9 +22,10 @@ from vllm_mini import LLM, SamplingParams  # noqa: E402
 BLOCK_SIZE = 16
 
 
-def main() -> None:
+def main(model_dir: Path | None = None) -> dict[str, Any]:
+    """Run the demo on `model_dir` (default: a fresh tiny random Llama); return what it found."""
     with tempfile.TemporaryDirectory() as d:
-        path = make_tiny_checkpoint(Path(d), "llama")
+        path = model_dir or make_tiny_checkpoint(Path(d), "llama")
         lengths = (5, 17, 40, 90)
         prompts = [{"prompt_token_ids": [10 + i % 300 for i in range(n)]} for n in lengths]
         params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -42,7 +44,8 @@ def main() -> None:
         # The runner learns which requests finished from the NEXT step's SchedulerOutput
         # (finished_req_ids), as in vLLM; so the caches above outlive the run by one step.
         naive.generate(prompts[:1], params, use_tqdm=False)
-        print("after one more request, caches held for:", list(layer0.caches))
+        held_after = list(layer0.caches)
+        print("after one more request, caches held for:", held_after)
 
         max_model_len = naive.llm_engine.vllm_config.model_config.max_model_len
     contiguous = max_model_len * len(used)  # a server must reserve the longest possible sequence
@@ -54,6 +57,15 @@ def main() -> None:
     )
     print(f"  paged, {BLOCK_SIZE}-token blocks on demand: {paged_slots}", end="")
     print(f"  ({1 - sum(used) / paged_slots:.0%} wasted, all in the last block)")
+    return {
+        "same_tokens": a == b,
+        "prompt_lengths": lengths,
+        "max_tokens": params.max_tokens,
+        "used": used,
+        "held_after": held_after,
+        "contiguous": contiguous,
+        "paged": paged_slots,
+    }
 
 
 if __name__ == "__main__":

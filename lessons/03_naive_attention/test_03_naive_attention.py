@@ -61,3 +61,22 @@ def test_drives_the_engine_like_the_paged_backend(tiny_llama_dir, monkeypatch):
     mine = LLM(str(tiny_llama_dir), attention_backend="naive")
     got = [o.outputs[0].token_ids for o in mine.generate(prompts, params, use_tqdm=False)]
     assert got == expected
+
+
+# ----------------------------------------------------------------------------- the demo
+
+demo = load_impl(__file__, "demo")
+
+
+@pytest.mark.demo
+def test_demo_same_tokens_per_request_caches_and_the_waste(tiny_llama_dir, capsys):
+    found = demo.main(tiny_llama_dir)
+    printed = capsys.readouterr().out
+    assert found["same_tokens"] and "naive and the paged backend: True" in printed
+    # Each finished request's cache holds prompt + output - 1 tokens (the last sample never ran).
+    assert found["used"] == [n + found["max_tokens"] - 1 for n in found["prompt_lengths"]]
+    assert len(found["held_after"]) == 1  # the four were dropped one step after they finished
+    bs = demo.BLOCK_SIZE
+    assert found["paged"] == sum(-(-n // bs) * bs for n in found["used"])
+    assert sum(found["used"]) <= found["paged"] < sum(found["used"]) + len(found["used"]) * bs
+    assert found["contiguous"] == 256 * len(found["used"])  # the tiny model's max_model_len

@@ -228,3 +228,44 @@ def test_fixed_kernel_matches_the_reference_where_the_buggy_one_fails():
         assert bug.case_fails(bug.paged_attention_decode, case)  # each planted bug shows here
         assert not bug.case_fails(impl.fixed_paged_attention_decode, case), case
     assert buggy_failed > 0
+
+
+# ----------------------------------------------------------------------------- the demo
+
+demo = load_impl(__file__, "demo")
+
+
+@pytest.fixture(scope="module")
+def demo_found():
+    return demo.main()
+
+
+@pytest.mark.demo
+def test_demo_sizing_and_the_worked_step(demo_found):
+    assert demo_found[1] == {16: 1456, 32: 728}  # the README's figures for SmolLM2 in 1 GiB
+    step = demo_found[2]  # the README's worked example, to the last slot
+    assert step["block_ids"] == {"A": [0, 1, 2], "B": [3, 4, 5, 6]}
+    assert step["positions"] == [10, 6, 7, 8, 9, 10, 11, 12, 13]
+    assert step["query_start_loc"] == [0, 1, 9] and step["seq_lens"] == [11, 14]
+    assert step["block_table"] == [[0, 1, 2, 0], [3, 4, 5, 6]]
+    assert step["slot_mapping"] == [10, 18, 19, 20, 21, 22, 23, 24, 25]
+    assert step["written"] == [s for s in range(26) if s != 11]  # slot 11: A's last block's end
+
+
+@pytest.mark.demo
+def test_demo_block_life_caches_shares_refuses_and_evicts(demo_found):
+    life = demo_found[3]
+    assert life["after_A"] == {"owned": 0, "cached": 2, "free": 4}  # A's 2 full blocks hashed
+    assert life["C_refused"]  # 4 blocks asked, 2 free: allocate_slots said None
+    assert life["after_B"]["cached"] == 3  # the shared prefix and B's own full block
+    assert life["evicted"] and life["after_C"]["owned"] == 4
+
+
+@pytest.mark.demo
+def test_demo_waste_and_kernels(demo_found):
+    waste = demo_found[4]
+    paged, reserve_output, reserve_max = waste.values()
+    assert paged[0] < 5 < reserve_output[0] < 30 and reserve_max[0] > 90  # percent wasted
+    assert paged[1] < reserve_output[1] < reserve_max[1]  # peak slots held
+    errors = demo_found[5]
+    assert "torch" in errors and all(e < 1e-5 for e in errors.values()), errors
