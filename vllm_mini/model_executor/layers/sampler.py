@@ -47,9 +47,8 @@ def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     counts = torch.zeros(batch, vocab + 1, dtype=torch.long, device=logits.device)
     for i, ids in enumerate(md.output_token_ids):
         if ids:
-            counts[i].index_add_(
-                0, torch.tensor(ids, device=logits.device), torch.ones(len(ids), dtype=torch.long)
-            )
+            ones = torch.ones(len(ids), dtype=torch.long, device=logits.device)
+            counts[i].index_add_(0, torch.tensor(ids, device=logits.device), ones)
     output_counts = counts[:, :vocab]
     prompt_mask = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=logits.device)
     prompt_mask.scatter_(
