@@ -1,7 +1,9 @@
 """CacheConfig: how the KV cache is cut into blocks and how much memory it may take.
 
 Stage 1 (used from stage 4). Mirrors vllm/config/cache.py. The number of blocks is decided later,
-by the worker, from `kv_cache_memory_bytes` (CPU) or free GPU memory (`gpu_memory_utilization`).
+by the worker (worker/worker.py): from `kv_cache_memory_bytes` when set; else on CPU from the
+VLLM_MINI_CPU_KVCACHE_SPACE variable (GiB, default 1), and on GPU from a memory profile:
+`gpu_memory_utilization` of the device minus weights, peak activations and non-torch memory.
 Next: scheduler.py.
 """
 
@@ -15,9 +17,10 @@ _ALLOWED_BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 @dataclass
 class CacheConfig:
     block_size: int = 16
-    # KV cache budget in bytes. None = 1 GiB on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE) and a
-    # fraction of free memory on GPU.
+    # KV cache budget in bytes. None = VLLM_MINI_CPU_KVCACHE_SPACE GiB (default 1) on CPU, like
+    # vLLM's VLLM_CPU_KVCACHE_SPACE, and what the memory profile leaves on GPU.
     kv_cache_memory_bytes: int | None = None
+    # The share of the WHOLE GPU this engine may use (weights + activations + KV cache), as in vLLM.
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     # Force a block count (tests and the visualizer use this to make preemption happen).

@@ -1,8 +1,10 @@
-"""The Platform interface every device implements. Mirrors vllm/platforms/interface.py."""
+"""The Platform interface every device implements. Mirrors vllm/platforms/interface.py.
+
+How much memory the KV cache gets is device-specific too: an explicit budget on CPU
+(platforms/cpu.py) and a profiled one on CUDA (platforms/cuda.py, worker/worker.py).
+"""
 
 from __future__ import annotations
-
-import torch
 
 
 class Platform:
@@ -17,7 +19,3 @@ class Platform:
             if is_paged_attention_available(name):
                 return name
         return "naive"
-
-    def default_kv_cache_bytes(self, device: torch.device) -> int:
-        """KV-cache budget when the user gave none: 1 GiB unless the platform knows better."""
-        return 1 << 30

@@ -24,10 +24,17 @@ from vllm_mini.attention.backends.abstract import AttentionMetadata
 from vllm_mini.attention.selector import get_attn_backend
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.kv_cache_utils import get_kv_cache_shape
-from vllm_mini.core.sched.output import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from vllm_mini.core.sched.output import (
+    CachedRequestData,
+    LogprobsLists,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
 from vllm_mini.forward_context import set_forward_context
 from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
+from vllm_mini.sampling_params import SamplingParams
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
 
 __all__ = ["CachedRequestState", "ModelRunner", "compute_slot_mapping"]
@@ -204,6 +211,58 @@ class ModelRunner:
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+
+    # ---------------------------------------------------------------------- profiling
+    def profile_run(self) -> int:
+        """Run the largest step the scheduler can send; the worker reads the memory peak.
+
+        Mirrors gpu_model_runner.profile_run: max_num_batched_tokens tokens over
+        min(max_num_seqs, tokens) dummy requests, all sampling with every sampler feature on
+        (penalties, top-k/top-p/min-p, max logprobs), through the real execute_model. Their KV
+        goes to a small temporary cache; returns its size in bytes (live during the peak but not
+        an activation). The global RNG is left as it was, so outputs do not depend on profiling.
+        """
+        sched = self.vllm_config.scheduler_config
+        max_len, bs = self.model_config.max_model_len, self.block_size
+        num_tokens = min(sched.max_num_batched_tokens, sched.max_num_seqs * max_len)
+        num_reqs = min(sched.max_num_seqs, num_tokens)
+        q_lens = [num_tokens // num_reqs + (i < num_tokens % num_reqs) for i in range(num_reqs)]
+        worst_case = SamplingParams(
+            temperature=0.8,
+            top_p=0.9,
+            top_k=50,
+            min_p=0.05,
+            repetition_penalty=1.1,
+            frequency_penalty=0.1,
+            presence_penalty=0.1,
+            logprobs=min(self.model_config.max_logprobs, self.model_config.vocab_size),
+            max_tokens=1,
+        )
+        new_reqs, first_block = [], 0
+        for i, q_len in enumerate(q_lens):
+            blocks = list(range(first_block, first_block + -(-q_len // bs)))
+            first_block += len(blocks)
+            new_reqs.append(NewRequestData(f"profile-{i}", [0] * q_len, [], worst_case, blocks, 0))
+        scheduled = {r.req_id: q_len for r, q_len in zip(new_reqs, q_lens)}
+        run = SchedulerOutput(new_reqs, CachedRequestData(), scheduled, num_tokens, set(), set())
+        saved = [layer.kv_cache for layer in self.attn_layers]
+        self.initialize_kv_cache(first_block)  # binds temporary caches (paged backends only)
+        dummy_kv_bytes = sum(
+            layer.kv_cache.nbytes
+            for layer, old in zip(self.attn_layers, saved)
+            if layer.kv_cache is not None and layer.kv_cache is not old
+        )
+        cuda_devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda_devices):
+                self.execute_model(run)
+        finally:
+            # The dummy requests finish: their rows, states (and naive caches) go away.
+            done = SchedulerOutput([], CachedRequestData(), {}, 0, set(scheduled), set())
+            self._update_states(done)
+            for layer, old in zip(self.attn_layers, saved):
+                layer.kv_cache = old
+        return dummy_kv_bytes
 
 
 def compute_slot_mapping(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:
