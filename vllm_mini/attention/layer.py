@@ -1,9 +1,10 @@
 """Attention layer: what a model calls; the backend behind it does the work.
 
-Stage 3. Mirrors vllm/attention/layer.py. A model builds `Attention(num_heads, head_size, scale,
-num_kv_heads, prefix=...)` and calls it with q, k, v for all tokens of the step, flattened across
-requests. The layer fetches this step's metadata from the forward context and the KV cache the
-model runner bound to it (`self.kv_cache`), so the model itself never sees either.
+Stage 3. Mirrors vllm/model_executor/layers/attention/attention.py. A model builds
+`Attention(num_heads, head_size, scale, num_kv_heads, prefix=...)` and calls it with q, k, v for
+all tokens of the step, flattened across requests. The layer fetches this step's metadata from the
+forward context and the KV cache the model runner bound to it (`self.kv_cache`), so the model
+itself never sees either.
 Next: backends/naive.py.
 """
 

@@ -1,7 +1,8 @@
 """Attention backend selector: the one list of backends, and name -> backend.
 
-Stage 4. Mirrors vllm/attention/selector.py, where the platform and the model decide which backend
-every layer uses. Here the name comes from AttentionConfig (the platform fills it when unset).
+Stage 4. Mirrors vllm/v1/attention/selector.py, where the platform and the model decide which
+backend every layer uses. Here the name comes from AttentionConfig (the platform fills it when
+unset).
 Everything that depends on the backend asks the backend class (`uses_paged_kv_cache`,
 `supports_prefix_caching`, `make_impl`) instead of comparing names.
 """

@@ -6,7 +6,8 @@ counts, block table rows and sampling parameters, so each step only writes the s
 and the sampled tokens. `execute_model` then:
   1. updates the batch: requests leave, enter, get new blocks; holes are condensed;
   2. gathers all scheduled tokens of all requests into one flat batch: input_ids, positions;
-  3. computes each token's KV slot: slot = block_table[pos // block_size] * block_size + pos % block_size;
+  3. computes each token's KV slot:
+       slot = block_table[pos // block_size] * block_size + pos % block_size;
   4. builds AttentionMetadata (query_start_loc, seq_lens, block_table, slot_mapping);
   5. runs the model under the forward context, keeps only each request's last hidden state,
      computes logits for requests that reached the end of their known tokens, samples.

@@ -1,6 +1,6 @@
 """The contract between the model runner, the attention layer and every attention backend.
 
-Stages 3-4. Mirrors vllm/attention/backends/abstract.py (AttentionBackend / AttentionImpl /
+Stages 3-4. Mirrors vllm/v1/attention/backend.py (AttentionBackend / AttentionImpl /
 AttentionMetadata). An AttentionBackend says what the engine must know about a backend before any
 layer exists (does it use the paged KV cache, can blocks be shared by the prefix cache) and builds
 one AttentionImpl per layer. The model runner builds one AttentionMetadata per step; every

@@ -1,8 +1,8 @@
 """Naive attention: a contiguous KV cache per sequence and the textbook math.
 
-Stage 3. Mirrors the role of vllm/attention/backends/ (any backend's `forward`), written as plainly
-as possible: softmax(Q K^T * scale + causal_mask) V, with grouped-query attention by repeating the
-KV heads. Every faster kernel in `attention/ops/` is tested against `naive_attention`.
+Stage 3. Mirrors the role of vllm/v1/attention/backends/ (any backend's `forward`), written as
+plainly as possible: softmax(Q K^T * scale + causal_mask) V, with grouped-query attention by
+repeating the KV heads. Every faster kernel in `attention/ops/` is tested against `naive_attention`.
 
 The cache here is what vLLM replaced: one growing tensor per sequence. It works, but a sequence's
 memory must be contiguous, so the engine cannot share or page it (read the PagedAttention paper,
@@ -85,7 +85,8 @@ class NaiveAttentionImpl(AttentionImpl):
         kv_cache: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        # query: [num_tokens, num_heads, head_size]; key/value: [num_tokens, num_kv_heads, head_size]
+        # query: [num_tokens, num_heads, head_size]
+        # key, value: [num_tokens, num_kv_heads, head_size]
         out = torch.empty_like(query)
         starts = attn_metadata.query_start_loc_cpu
         for i, req_id in enumerate(attn_metadata.req_ids):

@@ -1,10 +1,10 @@
 """Paged attention backend: KV lives in fixed-size blocks of one big per-layer tensor.
 
-Stage 4. Mirrors vllm/attention/backends/ (e.g. the CPU and FlashAttention backends) together with
-vllm/attention/ops/paged_attn.py. Each step does two things per layer: scatter the new tokens' K/V
-into their slots (`reshape_and_cache`), then attend through each sequence's block table
-(`paged_attention`). Which kernel does that (torch / triton / cpu / cuda) is the only difference
-between backends, so each backend class below is just a name; see attention/ops/.
+Stage 4. Mirrors vllm/v1/attention/backends/ (e.g. the CPU and FlashAttention backends) together
+with vllm/v1/attention/ops/paged_attn.py. Each step does two things per layer: scatter the new
+tokens' K/V into their slots (`reshape_and_cache`), then attend through each sequence's block
+table (`paged_attention`). Which kernel does that (torch / triton / cpu / cuda) is the only
+difference between backends, so each backend class below is just a name; see attention/ops/.
 """
 
 from __future__ import annotations
