@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -54,7 +55,8 @@ def prompt(question: str) -> str:
     return f"{SYSTEM}Visitor: {question}\nAssistant:"
 
 
-def sharing(llm: LLM) -> None:
+def sharing(llm: LLM) -> dict[str, Any]:
+    """Section 1; returns the cached tokens of each request and the pool's state."""
     print("=== 1. Four requests, one system prompt (block_size 16)")
     engine = llm.llm_engine
     sched = engine.engine_core.scheduler
@@ -65,8 +67,10 @@ def sharing(llm: LLM) -> None:
     for i in (1, 2, 3):
         engine.add_request(f"r{i}", prompt(QUESTIONS[i]), params)
     engine.step()  # r1..r3 find those blocks in the cache and prefill only their questions
+    cached_tokens = []
     for i in range(4):
         req = sched.requests[f"r{i}"]
+        cached_tokens.append(req.num_cached_tokens)
         table = kv.get_block_ids(req.request_id)
         print(
             f"   r{i}: {req.num_prompt_tokens} prompt tokens, {req.num_cached_tokens:3d} from the "
@@ -81,17 +85,26 @@ def sharing(llm: LLM) -> None:
     print(f"   all finished: {cached} cached-free blocks, {kv.num_free_blocks} free in total")
     stats = kv.prefix_cache_stats
     print(f"   hit rate {stats.hits}/{stats.queries} tokens = {100 * stats.hit_rate:.0f}%")
+    return {
+        "cached_tokens": cached_tokens,
+        "shared_blocks": len(shared),
+        "cached_free": cached,
+        "hits": stats.hits,
+    }
 
 
-def repeat(llm: LLM) -> None:
+def repeat(llm: LLM) -> list[tuple[int, int]]:
+    """Section 2; returns (prompt tokens, tokens from the cache) for the two prompts."""
     print("\n=== 2. Prompts seen before in full: the last token always runs")
     tokens = llm.get_tokenizer().encode(prompt(QUESTIONS[0]))
     whole = (len(tokens) - 1) // BLOCK_SIZE * BLOCK_SIZE  # a prompt of only full blocks
+    found = []
     for ids in (tokens, tokens[:whole]):
         out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1), use_tqdm=False)[
             0
         ]
         n = len(ids)
+        found.append((n, out.num_cached_tokens))
         print(
             f"   {n} tokens ({n // BLOCK_SIZE} full blocks + {n % BLOCK_SIZE}): "
             f"{out.num_cached_tokens} from the cache, {n - out.num_cached_tokens} run"
@@ -100,6 +113,7 @@ def repeat(llm: LLM) -> None:
         "   only full blocks are cached, and at most (n - 1) // block_size of them are used, so\n"
         "   a prompt made of full blocks recomputes its whole last block to get its logits"
     )
+    return found
 
 
 def timed(llm: LLM, questions: list[str]) -> tuple[float, int, list[int]]:
@@ -111,21 +125,26 @@ def timed(llm: LLM, questions: list[str]) -> tuple[float, int, list[int]]:
     return elapsed, computed, [o.outputs[0].token_ids[0] for o in outs]
 
 
-def main() -> None:
+def main(num_timed: int = 4) -> dict[str, Any]:
+    """Run the three sections, timing `num_timed` new questions in section 3; return what they
+    found (lessons/04b's test checks it)."""
+    timed_questions = QUESTIONS[4 : 4 + num_timed]
     warm = LLM(block_size=BLOCK_SIZE, enable_prefix_caching=True)
-    sharing(warm)
-    repeat(warm)
+    found: dict[str, Any] = {"sharing": sharing(warm), "repeat": repeat(warm)}
 
-    print("\n=== 3. Four more questions behind the same system prompt, prefill timed")
+    n = len(timed_questions)
+    print(f"\n=== 3. {n} more questions behind the same system prompt, prefill timed")
     cold = LLM(block_size=BLOCK_SIZE, enable_prefix_caching=False)
     cold.generate("Hello", SamplingParams(max_tokens=1), use_tqdm=False)  # warm-up, untimed
     results = {}
     for name, llm in (("enable_prefix_caching=False", cold), ("enable_prefix_caching=True ", warm)):
-        results[name] = timed(llm, QUESTIONS[4:])
+        results[name] = timed(llm, timed_questions)
         seconds, computed, _ = results[name]
         print(f"   {name}: {computed:5d} prompt tokens run, {seconds:.2f} s")
-    (t_cold, _, first_cold), (t_warm, _, first_warm) = results.values()
+    (t_cold, run_cold, first_cold), (t_warm, run_warm, first_warm) = results.values()
     print(f"   speed-up {t_cold / t_warm:.1f}x; same first tokens: {first_cold == first_warm}")
+    found["timed"] = {"run": (run_cold, run_warm), "same_first_tokens": first_cold == first_warm}
+    return found
 
 
 if __name__ == "__main__":

@@ -165,3 +165,25 @@ def test_allocator_matches_kv_cache_manager_on_random_workloads(seed):
         )
         seen["shared"] += any(b.ref_cnt > 1 for b in engine.kv.block_pool.blocks)
     assert all(seen.values()), seen  # the workload reached every case it is meant to test
+
+
+# ----------------------------------------------------------------------------- the demo
+
+demo = load_impl(__file__, "demo")
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_on_smollm2_shares_hits_and_keeps_the_output(capsys):
+    found = demo.main(num_timed=2)  # two timed questions instead of four: half the prefill
+    sharing = found["sharing"]
+    # The system prompt's 16 full blocks (256 tokens) are computed once and shared by all four.
+    assert sharing["cached_tokens"] == [0, 256, 256, 256]
+    assert sharing["shared_blocks"] == 16 and sharing["hits"] == 3 * 256
+    assert sharing["cached_free"] >= 16  # still cached after everyone finished
+    # Seen in full: at most (n - 1) // 16 blocks are reused, so the last token always runs.
+    for n, cached in found["repeat"]:
+        assert cached == (n - 1) // demo.BLOCK_SIZE * demo.BLOCK_SIZE
+    run_cold, run_warm = found["timed"]["run"]
+    assert run_warm < run_cold / 5 and found["timed"]["same_first_tokens"]
+    assert "same first tokens: True" in capsys.readouterr().out

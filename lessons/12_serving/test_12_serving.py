@@ -285,3 +285,29 @@ def test_to_sampling_params_rejects_what_the_server_rejects(server, fields):
         assert field == error["param"], (str(exc_info.value), error)
     else:  # the server named the field in its message only
         assert field in fields and field in error["message"], (str(exc_info.value), error)
+
+
+# ----------------------------------------------------------------------------- the demo
+
+demo = load_impl(__file__, "demo")
+
+
+@pytest.mark.demo
+def test_demo_streams_refuses_aborts_and_counts(tiny_llama_dir, capsys):
+    found = demo.main(tiny=True, model=str(tiny_llama_dir))
+    payloads = [line[len("data: ") :] for line in found["stream"] if line.startswith("data: ")]
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert content and content[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+    assert chunks[-1]["usage"]["completion_tokens"] == len(content) <= 24
+    bad = found["bad_request"]
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+    hang_up = found["hang_up"]
+    assert hang_up["running_during"] == 1 and hang_up["kv_during"] > 0
+    assert hang_up["running_after"] == 0 and hang_up["kv_after"] == 0  # aborted, blocks freed
+    finished = {k: float(v) for k, v in found["metrics"].items() if "request_success_total" in k}
+    assert sorted(finished.values()) == [1.0, 1.0]  # one finished by length/stop, one aborted
+    assert any('finished_reason="abort"' in k for k in finished)
+    assert "HTTP 400" in capsys.readouterr().out
