@@ -60,8 +60,9 @@ def worked_schedule(model_dir: Path) -> list[dict[str, Any]]:
     """Section 1: one line per step, printed from the real scheduler's decisions.
 
     Returns one dict per engine step: the SchedulerOutput ("so"), the runner's inputs ("req_ids",
-    "input_ids", "positions", "meta"), its ModelRunnerOutput ("out"), the printed "cells" and the
-    KV blocks in use after the step ("used_blocks").
+    "input_ids", "positions", "meta"), its ModelRunnerOutput ("out"), the printed "cells", the
+    KV blocks in use after the step ("used_blocks"), and each request's (output tokens, computed
+    tokens, tokens) before the step ("before").
     """
     budget = SETTINGS["max_num_batched_tokens"]
     section(
@@ -103,7 +104,7 @@ def worked_schedule(model_dir: Path) -> list[dict[str, Any]]:
             )
         kv = core.scheduler.kv_cache_manager
         used = kv.num_blocks - kv.num_free_blocks  # after the step: finished requests freed theirs
-        steps[-1].update(cells=dict(zip(ids, cells)), used_blocks=used)
+        steps[-1].update(cells=dict(zip(ids, cells)), used_blocks=used, before=before)
         print(
             f"   {step:4d} | {' | '.join(f'{c:^16s}' for c in cells)} | "
             f"{so.total_num_scheduled_tokens:3d}/{budget} | {used:2d}/{kv.num_blocks}"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class ToyRequest:
-    """Just what the scheduler needs to know about a request."""
+    """Just what the scheduler needs to know about a request (a snapshot of the engine's)."""
 
     request_id: str
     num_tokens: int  # prompt + generated so far
@@ -15,6 +15,14 @@ class ToyRequest:
     num_blocks: int  # KV blocks it holds
     priority: int = 0
     arrival_time: float = 0.0
+
+    def num_new_tokens(self, token_budget: int) -> int:
+        """What the request still owes, as much as the budget allows: prompt, chunk or decode."""
+        return min(self.num_tokens - self.num_computed_tokens, token_budget)
+
+    def will_sample(self, num_new_tokens: int) -> bool:
+        """A step samples only if it reaches the last known token (a partial chunk does not)."""
+        return self.num_computed_tokens + num_new_tokens >= self.num_tokens
 
 
 def blocks_needed(request: ToyRequest, num_new_tokens: int, block_size: int) -> int:
@@ -48,7 +56,7 @@ def schedule_step(
     i = 0
     while i < len(running) and token_budget > 0:
         req = running[i]
-        n = min(req.num_tokens - req.num_computed_tokens, token_budget)
+        n = req.num_new_tokens(token_budget)
         need = blocks_needed(req, n, block_size)
         while need > num_free_blocks:
             victim = pick_victim(running, "fcfs")
@@ -68,7 +76,7 @@ def schedule_step(
         i += 1
     while not preempted and waiting and token_budget > 0 and len(running) < max_num_seqs:
         req = waiting[0]
-        n = min(req.num_tokens - req.num_computed_tokens, token_budget)
+        n = req.num_new_tokens(token_budget)
         need = blocks_needed(req, n, block_size)
         if need > num_free_blocks:
             break
