@@ -1,7 +1,8 @@
 """Lesson 05: read a torch.profiler trace of one prefill step and one decode step of the engine.
 
 Stage 5 tool (the reading guide's "use a profiler"). vLLM can wrap its workers in torch.profiler
-(`VLLM_TORCH_PROFILER_DIR`, `LLM.start_profile()` / `stop_profile()`), and recent versions label
+(`--profiler-config`; older releases read `VLLM_TORCH_PROFILER_DIR`; `LLM.start_profile()` /
+`stop_profile()`), and recent versions label
 parts of a step with `record_function_or_nullcontext` ("schedule: allocate_slots" in
 vllm/v1/core/sched/scheduler.py, "gpu_model_runner: forward" in vllm/v1/worker/gpu_model_runner.py).
 vllm_mini has no such hooks, so this file labels the phases of `LLMEngine.step()` from the

@@ -1,6 +1,6 @@
 """The random workload for `vllm-mini bench serve`: seeded prompts made of token ids.
 
-Stage 12. Mirrors vllm/benchmarks/datasets.py (RandomDataset). Each request is a prompt of
+Stage 12. Mirrors vllm/benchmarks/datasets/datasets.py (RandomDataset). Each request is a prompt of
 `input_len` random token ids and a fixed number of tokens to generate (the client sends
 `ignore_eos`, so the server really produces that many). Lengths vary by `range_ratio` around the
 requested ones, like vLLM's `--random-range-ratio`.

@@ -1,6 +1,6 @@
 """Processor: user inputs -> validated EngineCoreRequests.
 
-Stage 5. Mirrors vllm/v1/engine/processor.py. Everything a client can get wrong is checked here,
+Stage 5. Mirrors vllm/v1/engine/input_processor.py (processor.py in older vLLM). Everything a client can get wrong is checked here,
 once, before the request reaches the scheduler, so a bad request costs an error message and
 nothing else: prompt type, empty prompt, token ids that are not ints or lie outside the
 vocabulary, a prompt longer than max_model_len, or a request that could never fit in the whole KV

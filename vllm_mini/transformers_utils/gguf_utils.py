@@ -1,6 +1,7 @@
 """GGUF metadata -> an HF config: what a .gguf file says about the model's shape.
 
-Stage 1-2. Mirrors vllm/transformers_utils/gguf_utils.py. Reading the config is part of resolving
+Stage 1-2. vLLM's GGUF config helpers moved out with its GGUF loader to the separate
+vllm-gguf-plugin package. Reading the config is part of resolving
 the model (stage 1, config/model.py), so it lives here beside the other HF glue and not in
 model_executor/model_loader/gguf_loader.py, which reads the weights (stage 2) and imports this.
 Next: default_model.py.

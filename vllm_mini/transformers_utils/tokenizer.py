@@ -1,4 +1,4 @@
-"""Tokenizer loading. Stage 2. Mirrors vllm/transformers_utils/tokenizer.py.
+"""Tokenizer loading. Stage 2. Mirrors vllm/tokenizers/registry.py.
 
 For the default model the tokenizer was converted from the GGUF once (by prepare_default_model)
 and saved as a fast tokenizer, so loading takes milliseconds instead of seconds.

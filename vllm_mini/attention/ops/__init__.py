@@ -1,6 +1,6 @@
 """PagedAttention kernels behind one interface, chosen by name.
 
-Stage 4. Mirrors vllm/attention/ops/ (paged_attn.py) and the kernels in csrc/. Every
+Stage 4. Mirrors vllm/v1/attention/ops/ (paged_attn.py) and the kernels in csrc/. Every
 implementation provides the same two functions:
 
 - `reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)`: write the new tokens' K/V

@@ -1,7 +1,7 @@
 """The C++ CPU PagedAttention kernel (csrc/cpu/paged_attention.cpp), compiled at install time.
 
 Stage 4. Mirrors vLLM's CPU attention backend (vllm/v1/attention/backends/cpu_attn.py with
-csrc/cpu/attention.cpp): decode tokens go to the paged C++ kernel, while sequences with several new
+csrc/cpu/cpu_attn.cpp): decode tokens go to the paged C++ kernel, while sequences with several new
 tokens (prefills and prefill chunks) go to torch's SDPA, whose fused kernels use matrix-matrix
 products — many queries share each K/V row, which a one-query-at-a-time kernel cannot exploit.
 The C++ kernel itself handles any query length (the tests check it on prefills too).

@@ -1,6 +1,6 @@
 """CUDA PagedAttention (csrc/attention/paged_attention_v{1,2}.cu, csrc/cache_kernels.cu).
 
-Stage 4. Mirrors vllm/attention/ops/paged_attn.py, which calls vLLM's compiled `_C` ops. The
+Stage 4. Mirrors vllm/v1/attention/ops/paged_attn.py, which calls vLLM's compiled `_C` ops. The
 kernels are compiled when the package is installed (setup.py, only where torch has CUDA and nvcc
 exists) into the extension module `vllm_mini._C_cuda`, imported here. The CUDA kernels are
 decode kernels (one query token per sequence), like vLLM's v1/v2; steps that carry prefill

@@ -1,6 +1,6 @@
 """Paged attention in plain torch: the reference every kernel is tested against.
 
-Stage 4. Mirrors what vllm/attention/ops/paged_attn.py and csrc/attention/*.cu compute. For each
+Stage 4. Mirrors what vllm/v1/attention/ops/paged_attn.py and csrc/attention/*.cu compute. For each
 sequence: follow its block table to gather its K/V from the paged cache into contiguous tensors,
 then do causal attention for its new tokens (the last q_len of seq_len positions). Readable, and
 fast enough on CPU thanks to SDPA; the C++/Triton/CUDA kernels avoid the gather copy.

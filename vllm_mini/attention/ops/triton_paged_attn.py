@@ -1,6 +1,6 @@
 """PagedAttention and reshape_and_cache in Triton.
 
-Stage 4. Mirrors vllm/attention/ops/triton_unified_attention.py (vLLM's Triton backend), reduced
+Stage 4. Mirrors vllm/v1/attention/ops/triton_unified_attention.py (vLLM's Triton backend), reduced
 to one readable kernel. One program per (query token, head): it walks the token's context one KV
 block at a time, loads that block's keys [BLOCK_SIZE, HEAD_SIZE] through the block table, and
 keeps an online softmax (running max m, running sum l, rescaled accumulator) as in

@@ -1,6 +1,7 @@
 """The OpenAI wire format: pydantic models for every request and response body.
 
-Stage 12. Mirrors vllm/entrypoints/openai/protocol.py. Requests are validated here, field by field,
+Stage 12. Mirrors vllm/entrypoints/openai/chat_completion/protocol.py and
+vllm/entrypoints/openai/completion/protocol.py. Requests are validated here, field by field,
 before anything reaches the engine: types, and the server's own limits (n <= 16, logprobs <= 20,
 at most 16 stop strings, at most 64 prompts), so a bad request fails with a message naming the
 field. Value ranges that SamplingParams already checks (temperature >= 0, top_p in (0, 1], ...)

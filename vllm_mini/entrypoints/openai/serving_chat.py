@@ -1,6 +1,6 @@
 """POST /v1/chat/completions: a conversation in, the assistant's reply out.
 
-Stage 12. Mirrors vllm/entrypoints/openai/serving_chat.py. The only step chat adds to completions
+Stage 12. Mirrors vllm/entrypoints/openai/chat_completion/serving.py. The only step chat adds to completions
 is the chat template: the model's tokenizer ships a Jinja program that renders the list of
 messages into the exact text format the model was fine-tuned on (role markers, end-of-turn tokens)
 and, with add_generation_prompt, opens the assistant's turn. From there it is one engine request

@@ -1,6 +1,6 @@
 """POST /v1/completions: prompts in, text out, whole or streamed as server-sent events.
 
-Stage 12. Mirrors vllm/entrypoints/openai/serving_completion.py. `prompt` may be one string, a
+Stage 12. Mirrors vllm/entrypoints/openai/completion/serving.py. `prompt` may be one string, a
 list of strings, one list of token ids, or a list of them; each prompt is its own engine request
 and yields `n` choices, numbered prompt_index * n + sample_index as OpenAI (and vLLM) number them.
 A streamed response sends each choice's new text as it is generated, then an optional usage chunk,

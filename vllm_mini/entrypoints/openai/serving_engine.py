@@ -1,6 +1,7 @@
 """OpenAIServing: what every endpoint shares — errors, request ids, prompts, and the fan-out.
 
-Stage 12. Mirrors vllm/entrypoints/openai/serving_engine.py. The serving layer turns an HTTP
+Stage 12. Mirrors vllm/entrypoints/serve/engine/serving.py (with
+vllm/entrypoints/generate/base/serving.py). The serving layer turns an HTTP
 request into engine requests and back. It does, before anything is queued: tokenize (or render the
 chat template), check the prompt against max_model_len, and let the engine's Processor validate the
 rest — so every client mistake becomes a 400 *before* a stream has started, and a rejected request

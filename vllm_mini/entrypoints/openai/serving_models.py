@@ -1,6 +1,6 @@
 """Which model names this server answers to: GET /v1/models and the `model` field check.
 
-Stage 12. Mirrors vllm/entrypoints/openai/serving_models.py. A server runs one model but may
+Stage 12. Mirrors vllm/entrypoints/openai/models/serving.py. A server runs one model but may
 publish it under a name of the operator's choosing (`--served-model-name`); clients must use that
 name, and any other name gets OpenAI's 404 NotFoundError, so a client pointed at the wrong server
 fails loudly instead of silently talking to another model. vLLM keeps LoRA adapters here too.

@@ -1,6 +1,6 @@
 """POST /tokenize and /detokenize: the server's tokenizer, for clients that count tokens.
 
-Stage 12. Mirrors vllm/entrypoints/openai/serving_tokenization.py. Clients use these to budget a
+Stage 12. Mirrors vllm/entrypoints/serve/tokenize/serving.py. Clients use these to budget a
 prompt against max_model_len, or to see exactly what a chat template produces, with the very
 tokenizer and template the engine uses. Not OpenAI endpoints (OpenAI has none); the shapes are
 vLLM's. Next: api_server.py.

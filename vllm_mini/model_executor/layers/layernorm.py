@@ -1,6 +1,6 @@
 """RMSNorm, with the residual add fused in.
 
-Stage 2. Mirrors vllm/model_executor/layers/layernorm.py (and csrc/layernorm_kernels.cu's
+Stage 2. Mirrors vllm/model_executor/layers/layernorm.py (and csrc/libtorch_stable/layernorm_kernels.cu's
 fused_add_rms_norm). Llama-style blocks compute `x = x + residual; residual = x; x = norm(x)` at
 every sub-layer; doing the add inside the norm saves one pass over memory on a GPU kernel and keeps
 the model code short: `hidden, residual = norm(hidden, residual)`. Next: rotary_embedding.py.

@@ -1,7 +1,8 @@
 """GGUF: llama.cpp's single-file format, read with the `gguf` package and dequantized.
 
-Stage 2. Mirrors vllm/model_executor/model_loader/gguf_loader.py (vLLM can also run some GGUF
-quantizations directly; we dequantize to float, which is what HF transformers does too).
+Stage 2. vLLM's GGUF loader lived in its model_loader/ until it moved out to the separate
+vllm-gguf-plugin package (it is gone from the pinned vLLM). vLLM can also run some GGUF
+quantizations directly; we dequantize to float, which is what HF transformers does too.
 
 Two things to know about a llama GGUF:
 - tensor names are llama.cpp's (`blk.3.attn_q.weight`), mapped here to HF names;

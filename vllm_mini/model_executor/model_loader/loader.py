@@ -1,7 +1,7 @@
 """Model loaders: build the model on the right device and dtype, then fill its weights.
 
-Stage 2. Mirrors vllm/model_executor/model_loader/{base_loader,default_loader,gguf_loader,
-dummy_loader}.py. Every loader does the same two steps: construct the model class the registry
+Stage 2. Mirrors vllm/model_executor/model_loader/{base_loader,default_loader,dummy_loader}.py
+(GGUF loading lives in the separate vllm-gguf-plugin at the pin). Every loader does the same two steps: construct the model class the registry
 names (inside `set_current_vllm_config`, so layers can read it), then feed `load_weights` an
 iterator of (HF name, tensor). Only the iterator differs. Next: models/llama.py's load_weights.
 """
