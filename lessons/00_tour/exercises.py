@@ -20,4 +20,8 @@ def generate_with_engine(
        RequestOutputs that changed in that step; requests finish in any order.
     3. Keep out.outputs[0].token_ids of each RequestOutput whose out.finished is True.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "generate_with_engine: add every prompt, then step the engine until nothing is "
+        "unfinished, keeping each finished request's token ids. LLM._run_engine is this loop "
+        "(vllm_mini/entrypoints/llm.py; vLLM: vllm/entrypoints/llm.py, LLM._run_engine)"
+    )

@@ -51,6 +51,8 @@ def test_demo_prints_answers_and_stats_that_agree(tiny_llama_dir, capsys):
     outputs = demo.main(str(tiny_llama_dir), max_tokens=6)
     printed = capsys.readouterr().out
     assert "attention backend:" in printed and "block size: 16" in printed
+    assert "shared by the engine, the core, the worker, the runner: True" in printed
+    assert "vllm_mini.core.block_pool" in printed and "LlamaForCausalLM" in printed
     assert len(outputs) == len(demo.PROMPTS)
     lengths = [len(o.outputs[0].token_ids) for o in outputs]
     assert all(1 <= n <= 6 for n in lengths)

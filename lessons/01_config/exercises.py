@@ -16,7 +16,10 @@ def validate_cache_args(block_size: int, kv_cache_memory_bytes: int | None) -> N
     The message must start with the field's name: "block_size must be ...",
     "kv_cache_memory_bytes must be ...", and should say the allowed values and the value given.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "validate_cache_args: refuse a bad block_size or KV budget, naming the field first. "
+        "CacheConfig.__post_init__ does it (vllm_mini/config/cache.py; vLLM: vllm/config/cache.py)"
+    )
 
 
 def validate_scheduler_args(
@@ -31,7 +34,11 @@ def validate_scheduler_args(
     - chunked prefill is off and max_num_batched_tokens < max_model_len: a prompt of
       max_model_len tokens must then be processed in one step, so it would never fit.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "validate_scheduler_args: the single-field checks, then the rule tying the step budget "
+        "to max_model_len. SchedulerConfig.__post_init__ and verify_with_model_len do it "
+        "(vllm_mini/config/scheduler.py; vLLM: vllm/config/scheduler.py)"
+    )
 
 
 def num_kv_blocks(
@@ -44,4 +51,8 @@ def num_kv_blocks(
 ) -> int:
     """How many KV blocks fit in memory_bytes? One block holds K and V of block_size tokens for
     every layer. Raise ValueError if not even one block fits."""
-    raise NotImplementedError
+    raise NotImplementedError(
+        "num_kv_blocks: the budget divided by the bytes of one block (K and V, every layer). "
+        "get_num_blocks does it (vllm_mini/core/kv_cache_utils.py; vLLM: "
+        "vllm/v1/core/kv_cache_utils.py, with a block's bytes from vllm/v1/kv_cache_interface.py)"
+    )

@@ -22,7 +22,12 @@ def rms_norm(
     With a residual, first add it (x = x + residual), then return (norm(x), x): the engine's
     fused "add + norm" that Llama blocks call as `hidden, residual = norm(hidden, residual)`.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "rms_norm: normalise by the root mean square of the last dimension (statistics in "
+        "float32), optionally after the residual add. RMSNorm.forward does it (vllm_mini/"
+        "model_executor/layers/layernorm.py; vLLM: vllm/model_executor/layers/layernorm.py, "
+        "RMSNorm.forward_native)"
+    )
 
 
 def apply_rope(
@@ -44,7 +49,12 @@ def apply_rope(
     divide it by factor where wavelen > L / low_freq_factor, and in between blend
     (1 - s) * inv_freq / factor + s * inv_freq with s = (L / wavelen - low) / (high - low).
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "apply_rope: rotate each head's two halves of q and k by position * inv_freq, after the "
+        "llama3 rescaling of inv_freq if asked. RotaryEmbedding does it (vllm_mini/"
+        "model_executor/layers/rotary_embedding.py; vLLM: the rotary_embedding/ package in "
+        "vllm/model_executor/layers/, base.py and llama3_rope.py)"
+    )
 
 
 def map_weight_name(hf_name: str) -> tuple[str, str | int | None]:
@@ -53,7 +63,12 @@ def map_weight_name(hf_name: str) -> tuple[str, str | int | None]:
     q/k/v_proj -> qkv_proj with shard 'q'/'k'/'v'; gate/up_proj -> gate_up_proj with 0/1;
     any other name unchanged, with None.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "map_weight_name: send q/k/v and gate/up checkpoint names to the packed parameters, "
+        "with their shard ids. LlamaForCausalLM.stacked_params_mapping and load_weights do it "
+        "(vllm_mini/model_executor/models/llama.py; vLLM: vllm/model_executor/models/llama.py, "
+        "LlamaModel.load_weights)"
+    )
 
 
 def dequantize_q4_1(blocks: np.ndarray) -> torch.Tensor:
@@ -63,4 +78,8 @@ def dequantize_q4_1(blocks: np.ndarray) -> torch.Tensor:
     sixteen bytes of 4-bit values q. Byte j holds weight j in its low nibble and weight j + 16 in
     its high nibble. weight = d * q + m.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "dequantize_q4_1: unpack each 20-byte block into 32 floats d * q + m. The GGUF loader "
+        "calls gguf.quants.dequantize for this (vllm_mini/model_executor/model_loader/"
+        "gguf_loader.py); lessons/02_model_loading/demo.py decodes one block by hand"
+    )

@@ -13,4 +13,9 @@ def gqa_causal_attention(
 ) -> torch.Tensor:
     """q: [q_len, H, D]; k, v: [kv_len, H_kv, D] with H a multiple of H_kv. Query i sits at
     position kv_len - q_len + i and may attend to keys 0..that position. Return [q_len, H, D]."""
-    raise NotImplementedError
+    raise NotImplementedError(
+        "gqa_causal_attention: softmax(q k^T * scale) v with a causal mask that sees the query's "
+        "position, each KV head shared by H / H_kv query heads. naive_attention is the engine's "
+        "version (vllm_mini/attention/backends/naive.py); in vLLM every backend of "
+        "vllm/v1/attention/backends/ computes it (flash_attn.py, cpu_attn.py)"
+    )

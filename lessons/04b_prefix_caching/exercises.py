@@ -21,7 +21,11 @@ def hash_block_tokens(
 ) -> BlockHash:
     """The engine's recipe, exactly: the sha256 digest (hashlib) of
     pickle.dumps((parent_block_hash, tuple(curr_block_token_ids), extra_keys))."""
-    raise NotImplementedError
+    raise NotImplementedError(
+        "hash_block_tokens: sha256 of the pickled (parent hash, token tuple, extra keys). The "
+        "engine's is hash_block_tokens (vllm_mini/core/kv_cache_utils.py; vLLM: "
+        "vllm/v1/core/kv_cache_utils.py)"
+    )
 
 
 def hash_request_blocks(
@@ -29,7 +33,11 @@ def hash_request_blocks(
 ) -> list[BlockHash]:
     """Hashes of every FULL block of this token sequence, each chained with its parent's hash
     (the first block's parent is None). A trailing partial block gets no hash."""
-    raise NotImplementedError
+    raise NotImplementedError(
+        "hash_request_blocks: hash every full block, each chained to the one before. "
+        "get_request_block_hasher does it (vllm_mini/core/kv_cache_utils.py; vLLM: "
+        "vllm/v1/core/kv_cache_utils.py)"
+    )
 
 
 def longest_cache_hit(
@@ -43,7 +51,12 @@ def longest_cache_hit(
     The request has num_tokens tokens and at least its last one must still run through the
     model, so never return more than (num_tokens - 1) // block_size blocks.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "longest_cache_hit: walk the hashes until the first one missing from the cache, reusing at"
+        " most (num_tokens - 1) // block_size blocks. KVCacheManager.get_computed_blocks does it "
+        "(vllm_mini/core/kv_cache_manager.py; vLLM: vllm/v1/core/single_type_kv_cache_manager.py, "
+        "find_longest_cache_hit)"
+    )
 
 
 class PrefixCachingAllocator:
@@ -56,7 +69,12 @@ class PrefixCachingAllocator:
     """
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(
+            "PrefixCachingAllocator.__init__: ref counts, hashes, the free queue in id order, the "
+            "hash map, the block tables and the two counters. KVCacheManager and BlockPool do it "
+            "(vllm_mini/core/kv_cache_manager.py, block_pool.py; vLLM: "
+            "vllm/v1/core/kv_cache_manager.py, block_pool.py)"
+        )
 
     def allocate(
         self, req_id: str, token_ids: Sequence[int], extra_keys: tuple | None = None
@@ -73,17 +91,34 @@ class PrefixCachingAllocator:
         5. Every FULL block of the table that has no hash yet gets its hash; the map keeps the
            first block registered for a hash (a duplicate keeps its hash but is not mapped).
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            "PrefixCachingAllocator.allocate: look up, check room, touch the hits, pop new blocks "
+            "(evicting cached ones), hash the full blocks: steps 1-5 above. KVCacheManager and "
+            "BlockPool do it (vllm_mini/core/kv_cache_manager.py, block_pool.py; vLLM: "
+            "vllm/v1/core/kv_cache_manager.py, block_pool.py)"
+        )
 
     def free(self, req_id: str) -> None:
         """Drop one reference from each of the request's blocks, LAST block first; blocks that
         reach 0 join the queue's tail and keep their hashes (cached-free)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            "PrefixCachingAllocator.free: drop a reference per block, last block first; blocks at "
+            "0 join the tail still hashed. KVCacheManager.free and BlockPool.free_blocks do it "
+            "(vllm_mini/core/; vLLM: vllm/v1/core/block_pool.py)"
+        )
 
     def free_queue(self) -> list[int]:
         """Free block ids, head (evicted first) to tail."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            "PrefixCachingAllocator.free_queue: the free block ids from head to tail. "
+            "BlockPool.free_block_queue is the engine's (vllm_mini/core/block_pool.py; vLLM: "
+            "vllm/v1/core/block_pool.py)"
+        )
 
     def cached_blocks(self) -> dict[BlockHash, int]:
         """The map hash -> block id."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            "PrefixCachingAllocator.cached_blocks: the hash -> block id map. "
+            "BlockPool.cached_block_hash_to_block is the engine's (vllm_mini/core/block_pool.py; "
+            "vLLM: vllm/v1/core/block_pool.py)"
+        )

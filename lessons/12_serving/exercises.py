@@ -25,7 +25,11 @@ def sse_frame(chunk: dict[str, Any] | str) -> str:
     compact JSON, byte for byte what pydantic's model_dump_json writes: no space after ',' or
     ':', and non-ASCII characters written as themselves, not as \\u escapes.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "sse_frame: 'data: ' + the payload (compact JSON for a dict) + a blank line. sse_event "
+        "does it (vllm_mini/entrypoints/openai/serving_engine.py; vLLM: "
+        "vllm/entrypoints/openai/chat_completion/serving.py, where each chunk is framed)"
+    )
 
 
 def parse_sse(stream: str) -> list[dict[str, Any]]:
@@ -36,7 +40,10 @@ def parse_sse(stream: str) -> list[dict[str, Any]]:
     with ":" are comments. An event with several data lines has them joined by "\\n". Stop at
     the [DONE] payload; if the stream ends without it, raise ValueError (it was cut off).
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "parse_sse: split events on blank lines, join their data lines, stop at [DONE]; the openai"
+        " client's SSEDecoder reads streams the same way (openai/_streaming.py)"
+    )
 
 
 # ---- 2. cumulative outputs -> deltas ----------------------------------------------------------
@@ -54,7 +61,11 @@ def cumulative_to_deltas(texts: list[str], hold_back: int = 0) -> list[str]:
     - an empty piece is not sent, except for the last step (it carries the finish reason).
     cumulative_to_deltas(["a", "ab", "ab", "abc"]) == ["a", "b", "c"]
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "cumulative_to_deltas: send only the characters not sent yet, holding back the last "
+        "hold_back until the end. StreamDeltas does it (vllm_mini/entrypoints/openai/"
+        "serving_engine.py; vLLM holds back in its detokenizer, vllm/v1/engine/detokenizer.py)"
+    )
 
 
 # ---- 3. disconnect -> abort -------------------------------------------------------------------
@@ -77,7 +88,12 @@ async def stream_with_abort(
     engine.generate() yourself (contextlib.aclosing) rather than leave it to the garbage
     collector.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "stream_with_abort: iterate engine.generate, check the client before each output, abort "
+        "and stop if it left. The server's streams do it (vllm_mini/entrypoints/openai/"
+        "serving_engine.py, AsyncLLM.abort in vllm_mini/engine/async_llm.py; vLLM: "
+        "vllm/v1/engine/async_llm.py)"
+    )
     yield ""  # unreachable; makes this an async generator, as your version will be
 
 
@@ -101,4 +117,9 @@ def to_sampling_params(body: dict[str, Any]) -> SamplingParams:
     whose FIRST word is the field's name ("n must be ..."): the server turns that word into the
     error's `param`. SamplingParams' own messages already start that way.
     """
-    raise NotImplementedError
+    raise NotImplementedError(
+        "to_sampling_params: map the request body's fields onto SamplingParams, refusing bad "
+        "values with the field's name first. ChatCompletionRequest.to_sampling_params does it "
+        "(vllm_mini/entrypoints/openai/protocol.py; vLLM: "
+        "vllm/entrypoints/openai/chat_completion/protocol.py)"
+    )
