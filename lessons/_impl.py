@@ -13,8 +13,13 @@ from pathlib import Path
 from types import ModuleType
 
 
+def impl_name() -> str:
+    """ "solutions" unless LESSON_IMPL says otherwise ("exercises")."""
+    return os.environ.get("LESSON_IMPL", "solutions")
+
+
 def load_impl(test_file: str, name: str | None = None) -> ModuleType:
-    name = name or os.environ.get("LESSON_IMPL", "solutions")
+    name = name or impl_name()
     path = Path(test_file).with_name(f"{name}.py")
     module_name = f"lesson_{path.parent.name}_{name}"
     spec = importlib.util.spec_from_file_location(module_name, path)

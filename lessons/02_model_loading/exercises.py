@@ -1,7 +1,8 @@
 """Lesson 02 exercises: RMSNorm, rotary embedding (with Llama 3 scaling), the weight-name mapping
-of load_weights, and Q4_1 dequantization.
+of load_weights, Q4_1 dequantization, and a new model: Gemma (the guide's "how to add a model").
 
-Each function re-implements something the engine already has; the tests compare yours with it.
+Each function re-implements something the engine already has and the tests compare yours with
+it; Gemma is new to the engine, and the tests compare it with HF transformers' own Gemma.
 LESSON_IMPL=exercises .venv/bin/pytest lessons/02_model_loading
 """
 
@@ -11,6 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from vllm_mini.config import VllmConfig
 
 
 def rms_norm(
@@ -83,3 +87,39 @@ def dequantize_q4_1(blocks: np.ndarray) -> torch.Tensor:
         "calls gguf.quants.dequantize for this (vllm_mini/model_executor/model_loader/"
         "gguf_loader.py); lessons/02_model_loading/demo.py decodes one block by hand"
     )
+
+
+# ---- FAQ "how to add a model": Gemma ----------------------------------------------------------
+
+
+class GemmaForCausalLM(nn.Module):
+    """Gemma, added to the engine from outside it, as vLLM lets you add an out-of-tree model.
+
+    Gemma is Llama with three changes, each checked by the tests against HF's GemmaForCausalLM:
+    - its RMSNorm multiplies by (1 + weight), computed in float32 before casting back;
+    - the token embeddings are multiplied by sqrt(hidden_size) before the first layer;
+    - its MLP is GELU (tanh approximation) of gate, times up, where Llama uses SiLU.
+    (head_dim may differ from hidden_size / num_heads; LlamaAttention already reads it.)
+
+    Build it as every model is built, `GemmaForCausalLM(vllm_config=..., prefix="")`, with
+    `forward(input_ids, positions)`, `compute_logits(hidden_states)` and `load_weights(weights)`.
+    Reuse what you can from vllm_mini/model_executor/models/llama.py (its classes, its
+    stacked_params_mapping and load_weights). The tests register it without touching the
+    engine, the way you would:
+
+        ModelRegistry.register_model(
+            "GemmaForCausalLM", "lessons.02_model_loading.exercises", "GemmaForCausalLM"
+        )
+
+    then load a tiny random Gemma saved by transformers and compare logits and greedy tokens.
+    """
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        raise NotImplementedError(
+            "GemmaForCausalLM: Llama with (1 + weight) RMSNorm, embeddings scaled by "
+            "sqrt(hidden_size) and a GELU-tanh MLP. Start from LlamaForCausalLM in "
+            "vllm_mini/model_executor/models/llama.py; vLLM's version is "
+            "vllm/model_executor/models/gemma.py, registered in "
+            "vllm/model_executor/models/registry.py"
+        )

@@ -7,6 +7,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vllm_mini.config import VllmConfig
+from vllm_mini.model_executor.layers.layernorm import RMSNorm
+from vllm_mini.model_executor.models.llama import LlamaForCausalLM
 
 
 def rms_norm(
@@ -77,3 +83,56 @@ def dequantize_q4_1(blocks: np.ndarray) -> torch.Tensor:
     qs = blocks[:, 4:20]  # [n, 16]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)  # [n, 32]
     return torch.from_numpy(d * q + m).flatten()
+
+
+# ---- FAQ "how to add a model": Gemma ----------------------------------------------------------
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: scale by (1 + weight), in float32, then cast (Llama casts first)."""
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            x = x + residual
+            return self.forward(x), x
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return (xf * (1.0 + self.weight.float())).to(x.dtype)
+
+
+class GeluTanhAndMul(nn.Module):
+    """[.., 2 * d] packed gate_up -> gelu_tanh(gate) * up [.., d]: Gemma's GeGLU MLP."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1] // 2
+        return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
+
+
+class GemmaForCausalLM(LlamaForCausalLM):
+    """Gemma as Llama with its three differences swapped in. The parameter names stay Llama's,
+    which are also Gemma's checkpoint names, so LlamaForCausalLM.load_weights (packed q/k/v and
+    gate/up, tied lm_head) loads it unchanged."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        config = self.config
+        gelu = GeluTanhAndMul()
+        for layer in self.model.layers:
+            layer.mlp.act_fn = gelu
+            layer.input_layernorm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
+            layer.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.model.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.embed_scale = config.hidden_size**0.5
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # LlamaModel.forward, with the embeddings scaled first (by a factor rounded to the
+        # activations' dtype, as HF does: in bf16 the rounding is part of the model).
+        hidden_states = self.model.embed_tokens(input_ids)
+        hidden_states = hidden_states * torch.tensor(self.embed_scale, dtype=hidden_states.dtype)
+        residual = None
+        for layer in self.model.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual)
+        hidden_states, _ = self.model.norm(hidden_states, residual)
+        return hidden_states

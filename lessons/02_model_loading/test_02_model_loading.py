@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import transformers
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize, quantize
 
-from lessons._impl import load_impl
+from lessons._impl import impl_name, load_impl
+from tests.conftest import _save_tiny_tokenizer
+from tests.models.test_hf_parity import _run as hf_parity_run
+from vllm_mini import LLM, SamplingParams
 from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.model_executor.layers.layernorm import RMSNorm
 from vllm_mini.model_executor.layers.rotary_embedding import RotaryEmbedding
@@ -19,6 +25,7 @@ from vllm_mini.model_executor.model_loader.weight_utils import (
     get_safetensors_files,
     safetensors_weights_iterator,
 )
+from vllm_mini.model_executor.models import ModelRegistry, registry
 from vllm_mini.model_executor.models.llama import LlamaMLP
 
 impl = load_impl(__file__)
@@ -132,3 +139,80 @@ def test_demo_runs_end_to_end_on_smollm2(capsys):
     assert found["max_logit_diff"] < 1e-3  # float32 against HF's own GGUF de-quantization
     assert found["tensor_parallel_mlp"]
     assert ": False" not in printed
+
+
+# ------------------------------------------------- FAQ "how to add a model": Gemma, against HF
+
+
+def make_tiny_gemma(path):
+    """A 2-layer random Gemma saved with transformers' own classes, as tests/conftest.py saves
+    its tiny Llama. head_dim 32 differs from hidden_size / heads = 16, and the norm weights are
+    random (HF starts them at 0), so each of Gemma's differences from Llama shows in the logits."""
+    config = transformers.GemmaConfig(
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        initializer_range=0.2,
+        hidden_act="gelu_pytorch_tanh",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.GemmaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(path, safe_serialization=True)
+    _save_tiny_tokenizer(path, config.vocab_size)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    """The tiny Gemma and HF's model of it, with YOUR class registered the out-of-tree way."""
+    path, hf = make_tiny_gemma(tmp_path_factory.mktemp("tiny_gemma"))
+    module = f"lessons.{Path(__file__).parent.name}.{impl_name()}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "_MODELS", dict(registry._MODELS))  # undone after these tests
+        ModelRegistry.register_model("GemmaForCausalLM", module, "GemmaForCausalLM")
+        yield path, hf
+
+
+def test_gemma_is_registered_from_outside_the_engine(gemma):
+    cls = ModelRegistry.resolve_model_cls(["GemmaForCausalLM"])
+    assert cls.__name__ == "GemmaForCausalLM" and cls.__module__.startswith("lessons.")
+
+
+def test_gemma_prefill_logits_match_hf(gemma):
+    path, hf = gemma
+    config = EngineArgs(model=str(path), attention_backend="naive").create_engine_config()
+    ours = get_model(config)
+    ids = torch.randint(3, 384, (23,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(ids.unsqueeze(0)).logits[0]
+    got = hf_parity_run(ours, ids, 0, len(ids))
+    assert expected.std() > 0.1, "logits too small for the comparison to mean anything"
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_gemma_greedy_tokens_match_hf_through_the_engine(gemma):
+    """The whole engine (paged KV cache, default backend) generates HF's greedy tokens."""
+    path, hf = gemma
+    prompts = [[5, 17, 23, 40], [300, 7, 7, 81, 9, 120, 64]]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    llm = LLM(str(path), kv_cache_memory_bytes=1 << 22)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    for prompt, out in zip(prompts, outs):
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(8):  # HF greedy, one full forward pass per token
+                ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
+        assert list(out.outputs[0].token_ids) == ids[len(prompt) :]
