@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from vllm_mini.model_executor.sampling_metadata import SamplingMetadata
@@ -225,13 +224,13 @@ class InputBatch:
         self.num_computed_tokens_np[row] = num_computed_tokens
         self.block_table.append_row(new_block_ids, row)
 
-    def append_sampled_tokens(self, rows: np.ndarray, tokens: list[int]) -> None:
-        """rows: [k] batch rows that sampled; tokens: their new tokens, written after the last."""
-        positions = self.num_tokens_np[rows]
-        # The very last token of a request at max_model_len is never an input: no column for it.
-        fits = positions < self.max_model_len
-        self.token_ids_np[rows[fits], positions[fits]] = np.asarray(tokens)[fits]
-        self.num_tokens_np[rows] += 1
+    def append_token(self, row: int, token: int) -> None:
+        """A token the row's request just sampled: after its last token, and in its state."""
+        n = int(self.num_tokens_np[row])
+        if n < self.max_model_len:  # a request at max_model_len is done: its last token is no input
+            self.token_ids_np[row, n] = token
+        self.num_tokens_np[row] = n + 1
+        self.output_token_ids[row].append(token)  # the request state's own list
 
     # ------------------------------------------------------------------ sampling metadata
     def sampling_metadata(self, rows: list[int] | None = None) -> SamplingMetadata:

@@ -188,24 +188,23 @@ class ModelRunner:
         # Only requests whose scheduled tokens reach their last known token sample; a partial
         # prefill chunk just fills the KV cache.
         n = len(req_ids)
-        rows = np.flatnonzero(np.array(meta.seq_lens_cpu) >= batch.num_tokens_np[:n])  # [k]
+        num_tokens = batch.num_tokens_np[:n].tolist()
+        rows = [i for i in range(n) if meta.seq_lens_cpu[i] >= num_tokens[i]]
         sampled: list[list[int]] = [[] for _ in req_ids]
         logprobs = None
-        if len(rows):
-            last_token_idx = np.array(meta.query_start_loc_cpu[1:])[rows] - 1
+        if rows:
+            last_token_idx = [meta.query_start_loc_cpu[i + 1] - 1 for i in rows]
             logits = self.model.compute_logits(
-                hidden_states[torch.from_numpy(last_token_idx).to(self.device)]
+                hidden_states[torch.tensor(last_token_idx, device=self.device)]
             )
             # In a pure decode step every row samples: the batch's cached metadata is used as is.
-            metadata = batch.sampling_metadata(None if len(rows) == n else rows.tolist())
+            metadata = batch.sampling_metadata(None if len(rows) == n else rows)
             out = self.sampler(logits.float(), metadata)
-            tokens = out.sampled_token_ids.tolist()
-            batch.append_sampled_tokens(rows, tokens)
-            for row, token in zip(rows.tolist(), tokens):
-                batch.output_token_ids[row].append(token)  # the request state's own list
+            for row, token in zip(rows, out.sampled_token_ids.tolist()):
+                batch.append_token(row, token)
                 sampled[row] = [token]
             if out.logprobs_tensors is not None:
-                logprobs = _scatter_logprobs(out.logprobs_tensors.tolists(), rows.tolist(), n)
+                logprobs = _scatter_logprobs(out.logprobs_tensors.tolists(), rows, n)
         return ModelRunnerOutput(
             req_ids=req_ids,
             req_id_to_index=dict(batch.req_id_to_index),
