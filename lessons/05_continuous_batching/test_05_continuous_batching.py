@@ -19,6 +19,7 @@ from vllm_mini import LLM, SamplingParams
 impl = load_impl(__file__)
 demo = load_impl(__file__, "demo")
 profile_step = load_impl(__file__, "profile_step")
+v0_vs_v1 = load_impl(__file__, "v0_vs_v1")
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +215,23 @@ def test_padding_rows_counts_what_static_batching_computed_on_the_engine(model_d
     assert (rows, useful) == (sum(out_lens), sum(out_lens))  # continuous: no padding
     assert static[1] - static[2] == impl.padding_rows(out_lens, 2) > 0
     assert static[0] == 7 + 5 and steps == 7  # one batch after the other vs all at once
+
+
+# --------------------------------------------------------- the FAQ "V0 vs V1": v0_vs_v1.py
+
+
+@pytest.mark.demo
+def test_v0_vs_v1_script_shows_what_separate_phases_cost(model_dir, capsys):
+    llm = LLM(str(model_dir), disable_log_stats=True, **v0_vs_v1.SETTINGS)
+    v0, v1, v1_small = v0_vs_v1.compare(llm, num_requests=8, small_budget=64).values()
+    printed = capsys.readouterr().out
+    assert "same greedy tokens under every policy: True" in printed  # only the schedule differs
+    s0, s1, s_small = v0.summary(), v1.summary(), v1_small.summary()
+    # V0 never mixes: a step is all prompts or all decodes, and a decode waits out each
+    # prefill step. V1 mixes them, so every running request gets a token at every step.
+    assert s0["mixed"] == 0 and s0["max_gap_steps"] > 1
+    assert s1["mixed"] > 0 and s1["max_gap_steps"] == 1 == s_small["max_gap_steps"]
+    assert s1["steps"] < s0["steps"]  # the prefill steps' decodes come for free
+    assert s_small["mixed"] > s1["mixed"]  # prompts cut into 64-token chunks ride along
+    for s in (s0, s1, s_small):
+        assert s["tok_s"] > 0 and 0 < s["ttft_ms"] and s["tpot_ms"] > 0
