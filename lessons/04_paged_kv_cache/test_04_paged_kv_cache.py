@@ -15,6 +15,7 @@ from lessons._impl import load_impl
 from tests.kernels.test_paged_attention import _case
 from vllm_mini import LLM, SamplingParams
 from vllm_mini.attention.backends.naive import naive_attention
+from vllm_mini.attention.ops import is_paged_attention_available
 from vllm_mini.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock, get_num_blocks
 from vllm_mini.worker.model_runner import compute_slot_mapping
 
@@ -269,3 +270,16 @@ def test_demo_waste_and_kernels(demo_found):
     assert paged[1] < reserve_output[1] < reserve_max[1]  # peak slots held
     errors = demo_found[5]
     assert "torch" in errors and all(e < 1e-5 for e in errors.values()), errors
+
+
+kernel_case = load_impl(__file__, "kernel_case")
+
+
+@pytest.mark.demo
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_kernel_case_runs_one_shape_against_the_reference(backend, capsys):
+    if not is_paged_attention_available(backend):
+        pytest.skip(f"{backend} kernels are not built here")
+    argv = ["--backend", backend, "--seq-lens", "37", "5", "600", "--block-size", "4"]
+    err = kernel_case.main([*argv, "--kv-heads", "2", "--group", "3", "--repeat", "2"])
+    assert err < 1e-5 and ": ok" in capsys.readouterr().out
