@@ -1,4 +1,5 @@
-"""Lesson 01 demo: command line -> EngineArgs -> VllmConfig, and the errors that guard it.
+"""Lesson 01 demo: command line -> EngineArgs -> VllmConfig, the errors that guard it, and what
+the platform layer made of "auto".
 
 .venv/bin/python lessons/01_config/demo.py   (a few seconds: reads the default model's config only)
 """
@@ -11,6 +12,8 @@ from typing import Any
 
 from vllm_mini.core.kv_cache_utils import get_num_blocks
 from vllm_mini.engine.arg_utils import EngineArgs
+from vllm_mini.platforms import current_platform
+from vllm_mini.platforms.cpu import CPU_KVCACHE_SPACE_ENV, cpu_kv_cache_space_bytes
 
 # Section 4's bad configurations: each must be refused before any weight is loaded.
 BAD_CONFIGS = (
@@ -57,7 +60,25 @@ def main() -> dict[str, Any]:
         else:
             print(f"  {bad}\n    -> ACCEPTED (it should not be)")
             refused.append(None)
-    return {"flags": flags, "config": config, "blocks": blocks, "refused": refused}
+
+    # 5. What "auto" became: the platform layer (vllm_mini/platforms/, like vllm/platforms/).
+    platform = current_platform
+    device = config.device_config.device_type
+    if device == "cpu":  # stated, not measured: the cache shares RAM with everything else
+        budget = f"{cpu_kv_cache_space_bytes() / 2**30:.2f} GiB ({CPU_KVCACHE_SPACE_ENV})"
+    else:  # measured at start-up by the worker's profiling run
+        budget = "gpu_memory_utilization x total - weights - peak activations (profiled)"
+    print(f"\nplatform: {type(platform).__name__} (device_type {platform.device_type!r})")
+    print(f"  device 'auto'            -> {device}")
+    print(f"  attention backend 'auto' -> {platform.default_attention_backend(device)}")
+    print(f"  KV-cache budget 'auto'   -> {budget}")
+    return {
+        "flags": flags,
+        "config": config,
+        "blocks": blocks,
+        "refused": refused,
+        "platform": (type(platform).__name__, device, config.attention_config.backend, budget),
+    }
 
 
 if __name__ == "__main__":

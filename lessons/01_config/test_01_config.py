@@ -11,6 +11,7 @@ from lessons._impl import load_impl
 from vllm_mini.config import CacheConfig, SchedulerConfig
 from vllm_mini.core.kv_cache_utils import get_num_blocks
 from vllm_mini.engine.arg_utils import EngineArgs
+from vllm_mini.platforms import current_platform
 
 impl = load_impl(__file__)
 
@@ -96,3 +97,9 @@ def test_demo_flags_config_sizing_and_refusals(capsys):
     assert None not in found["refused"] and "ACCEPTED" not in printed
     for bad, message in zip(demo.BAD_CONFIGS, found["refused"]):
         assert str(list(bad.values())[-1]) in message, (bad, message)
+    # "auto" resolved by the platform: the device torch sees, and a backend that exists there.
+    name, device, backend, budget = found["platform"]
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert name == {"cpu": "CpuPlatform", "cuda": "CudaPlatform"}[device]
+    assert backend == current_platform.default_attention_backend(device)
+    assert f"attention backend 'auto' -> {backend}" in printed
