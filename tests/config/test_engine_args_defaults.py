@@ -14,6 +14,7 @@ import pytest
 from vllm_mini.config import (
     AttentionConfig,
     CacheConfig,
+    CompilationConfig,
     DeviceConfig,
     LoadConfig,
     ModelConfig,
@@ -41,6 +42,9 @@ EXPLICIT = {
 }
 # Knobs of the engine itself, with no config field behind them.
 ENGINE_ONLY = {"disable_log_stats"}
+# Whole nested configs passed as one value (an int mode or a dict), as vLLM's --compilation-config:
+# None means the config's own defaults.
+NESTED = {"compilation_config": CompilationConfig}
 
 
 def config_field_of(name: str) -> tuple[type, str] | None:
@@ -59,6 +63,10 @@ ENGINE_FIELDS = [f.name for f in dataclasses.fields(EngineArgs)]
 
 @pytest.mark.parametrize("name", ENGINE_FIELDS)
 def test_engine_args_default_equals_the_config_default(name):
+    if name in NESTED:
+        assert getattr(EngineArgs(), name) is None
+        assert NESTED[name].from_cli(None) == NESTED[name]()
+        return
     mapped = config_field_of(name)
     if mapped is None:
         assert name in ENGINE_ONLY, (
@@ -83,10 +91,21 @@ def test_create_engine_config_passes_every_field_to_its_config(monkeypatch):
 
     for cls in CONFIG_CLASSES:
         monkeypatch.setattr(arg_utils, cls.__name__, recorder(cls))
+
+    class NestedRecorder:
+        @staticmethod
+        def from_cli(value):
+            return (CompilationConfig, {"compilation_config": value})
+
+    monkeypatch.setattr(arg_utils, "CompilationConfig", NestedRecorder)
     monkeypatch.setattr(arg_utils, "VllmConfig", lambda **configs: dict(configs.values()))
     values = {name: f"value-of-{name}" for name in ENGINE_FIELDS}
     received = EngineArgs(**values).create_engine_config()
+    for name in NESTED:
+        assert received[NESTED[name]][name] == values[name]
     for name in ENGINE_FIELDS:
+        if name in NESTED:
+            continue
         mapped = config_field_of(name)
         if mapped is not None:
             cls, config_name = mapped

@@ -5,6 +5,7 @@ Stage 1. Mirrors vllm/config/. Read vllm.py first, then each piece it holds.
 
 from vllm_mini.config.attention import AttentionConfig
 from vllm_mini.config.cache import CacheConfig
+from vllm_mini.config.compilation import CompilationConfig, CompilationMode, CUDAGraphMode
 from vllm_mini.config.device import DeviceConfig
 from vllm_mini.config.load import LoadConfig
 from vllm_mini.config.model import ModelConfig
@@ -15,6 +16,9 @@ from vllm_mini.config.vllm import VllmConfig, get_current_vllm_config, set_curre
 __all__ = [
     "AttentionConfig",
     "CacheConfig",
+    "CompilationConfig",
+    "CompilationMode",
+    "CUDAGraphMode",
     "DeviceConfig",
     "LoadConfig",
     "ModelConfig",

@@ -32,6 +32,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     max_logprobs: int = 20
     served_model_name: str | None = None
+    # Always run the plain PyTorch modules: no torch.compile, no CUDA graphs (vLLM keeps this knob
+    # here too; CompilationConfig.resolve reads it). Stage 6.
+    enforce_eager: bool = False
     # Filled in __post_init__.
     source: ModelSource = field(init=False)
     hf_config: Any = field(init=False, repr=False)

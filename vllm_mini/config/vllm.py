@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from vllm_mini.config.attention import AttentionConfig
 from vllm_mini.config.cache import CacheConfig
+from vllm_mini.config.compilation import CompilationConfig
 from vllm_mini.config.device import DeviceConfig
 from vllm_mini.config.load import LoadConfig
 from vllm_mini.config.model import ModelConfig
@@ -33,6 +34,7 @@ class VllmConfig:
     load_config: LoadConfig = field(default_factory=LoadConfig)
     device_config: DeviceConfig = field(default_factory=DeviceConfig)
     attention_config: AttentionConfig = field(default_factory=AttentionConfig)
+    compilation_config: CompilationConfig = field(default_factory=CompilationConfig)
 
     def __post_init__(self) -> None:
         self.scheduler_config.max_model_len = self.model_config.max_model_len
@@ -52,6 +54,11 @@ class VllmConfig:
                 "prefix caching is off: the %s attention backend cannot share blocks", backend.name
             )
             self.cache_config.enable_prefix_caching = False
+        self.compilation_config.resolve(
+            self.device_config.device_type,
+            self.scheduler_config.max_num_seqs,
+            self.model_config.enforce_eager,
+        )
 
 
 _current_vllm_config: VllmConfig | None = None

@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 from vllm_mini.config import (
     AttentionConfig,
     CacheConfig,
+    CompilationConfig,
     DeviceConfig,
     LoadConfig,
     ModelConfig,
@@ -42,6 +43,9 @@ _HELP = {
     "load_format": "auto, safetensors, gguf or dummy (random weights)",
     "device": "auto, cpu or cuda",
     "disable_log_stats": "do not log engine stats every few seconds",
+    "enforce_eager": "never compile the model or capture CUDA graphs",
+    "compilation_config": "an int mode (0 none, 1 torch.compile, 3 vllm_mini) or a JSON dict "
+    "with mode, cudagraph_mode, cudagraph_capture_sizes, cache_dir",
 }
 
 
@@ -58,6 +62,7 @@ class EngineArgs:
     trust_remote_code: bool = ModelConfig.trust_remote_code
     max_logprobs: int = ModelConfig.max_logprobs
     served_model_name: str | None = ModelConfig.served_model_name
+    enforce_eager: bool = ModelConfig.enforce_eager
     # CacheConfig
     block_size: int = CacheConfig.block_size
     kv_cache_memory_bytes: int | None = CacheConfig.kv_cache_memory_bytes
@@ -75,6 +80,8 @@ class EngineArgs:
     load_format: str = LoadConfig.load_format
     device: str = DeviceConfig.device
     attention_backend: str | None = AttentionConfig.backend
+    # VllmConfig.compilation_config, as one nested value (vLLM's -O / --compilation-config).
+    compilation_config: CompilationConfig | dict | int | str | None = None
     # The engine's own knob, no config behind it.
     disable_log_stats: bool = False
 
@@ -119,6 +126,7 @@ class EngineArgs:
                 trust_remote_code=self.trust_remote_code,
                 max_logprobs=self.max_logprobs,
                 served_model_name=self.served_model_name,
+                enforce_eager=self.enforce_eager,
             ),
             cache_config=CacheConfig(
                 block_size=self.block_size,
@@ -140,6 +148,7 @@ class EngineArgs:
             load_config=LoadConfig(load_format=self.load_format),
             device_config=DeviceConfig(device=self.device),
             attention_config=AttentionConfig(backend=self.attention_backend),
+            compilation_config=CompilationConfig.from_cli(self.compilation_config),
         )
 
     def replace(self, **changes: Any) -> EngineArgs:
@@ -149,6 +158,8 @@ class EngineArgs:
 def _base_type(hint: Any) -> type:
     """`int | None` -> int, for argparse."""
     args = getattr(hint, "__args__", None)
+    if args and str in args and len(args) > 2:
+        return str  # a nested config given as JSON or an int on the command line
     if args:
         return next(a for a in args if a is not type(None))
     return hint
