@@ -31,13 +31,14 @@ from vllm_mini.logger import init_logger
 
 logger = init_logger(__name__)
 
-PAGED_BACKENDS = ("torch", "triton", "cpu", "cuda")
 _MODULES = {
     "torch": "vllm_mini.attention.ops.paged_attn_torch",
     "triton": "vllm_mini.attention.ops.triton_paged_attn",
     "cpu": "vllm_mini.attention.ops.cpu_paged_attn",
     "cuda": "vllm_mini.attention.ops.cuda_paged_attn",
 }
+# One list: the names are the keys above.
+PAGED_BACKENDS = tuple(_MODULES)
 
 
 @dataclass(frozen=True)
