@@ -64,12 +64,3 @@ def test_demo_prints_answers_and_stats_that_agree(tiny_llama_dir, capsys):
     assert stats["num_prompt_tokens"] == sum(len(o.prompt_token_ids) for o in outputs)
     assert stats["num_running_reqs"] == stats["num_waiting_reqs"] == stats["kv_cache_usage"] == 0
     assert 0 < stats["mean_ttft_s"] <= stats["mean_e2e_s"]
-
-
-@pytest.mark.demo
-@pytest.mark.slow
-def test_demo_answers_with_smollm2(capsys):
-    outputs = demo.main(max_tokens=10)
-    printed = capsys.readouterr().out
-    assert "model: SmolLM2-135M-Instruct" in printed
-    assert "Paris" in outputs[0].outputs[0].text

@@ -6,19 +6,27 @@
 3. Four more questions, timed with enable_prefix_caching=False and True: the prompt tokens the
    model actually ran, the prefill time, and whether the first generated tokens agree.
 
-    .venv/bin/python lessons/04b_prefix_caching/demo.py      (about 15 s; loads SmolLM2 twice)
+    .venv/bin/python lessons/04b_prefix_caching/demo.py          (about 15 s; loads SmolLM2 twice)
+    .venv/bin/python lessons/04b_prefix_caching/demo.py --tiny   (a tiny random model, seconds)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import tempfile
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.conftest import make_tiny_checkpoint  # noqa: E402
 from vllm_mini import LLM, SamplingParams  # noqa: E402
+
+MakePrompt = Callable[[str], "str | dict[str, list[int]]"]
 
 BLOCK_SIZE = 16
 
@@ -55,17 +63,30 @@ def prompt(question: str) -> str:
     return f"{SYSTEM}Visitor: {question}\nAssistant:"
 
 
-def sharing(llm: LLM) -> dict[str, Any]:
+def stand_in_prompt(question: str) -> dict[str, list[int]]:
+    """The same prompt for the tiny random model, whose tokenizer knows only the words w3..w383:
+    one stand-in token id per word (a fixed hash), so the system prompt is still one long run of
+    varied tokens shared by every question, and each question's words differ."""
+    return {
+        "prompt_token_ids": [3 + zlib.crc32(w.encode()) % 381 for w in prompt(question).split()]
+    }
+
+
+def token_ids(llm: LLM, p: str | dict[str, list[int]]) -> list[int]:
+    return p["prompt_token_ids"] if isinstance(p, dict) else llm.get_tokenizer().encode(p)
+
+
+def sharing(llm: LLM, make_prompt: MakePrompt = prompt) -> dict[str, Any]:
     """Section 1; returns the cached tokens of each request and the pool's state."""
     print("=== 1. Four requests, one system prompt (block_size 16)")
     engine = llm.llm_engine
     sched = engine.engine_core.scheduler
     kv = sched.kv_cache_manager
     params = SamplingParams(temperature=0, max_tokens=8)
-    engine.add_request("r0", prompt(QUESTIONS[0]), params)
+    engine.add_request("r0", make_prompt(QUESTIONS[0]), params)
     engine.step()  # r0's prefill computes, and hashes, the system prompt's blocks
     for i in (1, 2, 3):
-        engine.add_request(f"r{i}", prompt(QUESTIONS[i]), params)
+        engine.add_request(f"r{i}", make_prompt(QUESTIONS[i]), params)
     engine.step()  # r1..r3 find those blocks in the cache and prefill only their questions
     cached_tokens = []
     for i in range(4):
@@ -93,10 +114,10 @@ def sharing(llm: LLM) -> dict[str, Any]:
     }
 
 
-def repeat(llm: LLM) -> list[tuple[int, int]]:
+def repeat(llm: LLM, make_prompt: MakePrompt = prompt) -> list[tuple[int, int]]:
     """Section 2; returns (prompt tokens, tokens from the cache) for the two prompts."""
     print("\n=== 2. Prompts seen before in full: the last token always runs")
-    tokens = llm.get_tokenizer().encode(prompt(QUESTIONS[0]))
+    tokens = token_ids(llm, make_prompt(QUESTIONS[0]))
     whole = (len(tokens) - 1) // BLOCK_SIZE * BLOCK_SIZE  # a prompt of only full blocks
     found = []
     for ids in (tokens, tokens[:whole]):
@@ -116,29 +137,36 @@ def repeat(llm: LLM) -> list[tuple[int, int]]:
     return found
 
 
-def timed(llm: LLM, questions: list[str]) -> tuple[float, int, list[int]]:
+def timed(
+    llm: LLM, questions: list[str], make_prompt: MakePrompt = prompt
+) -> tuple[float, int, list[int]]:
     params = SamplingParams(temperature=0, max_tokens=1)  # one token: the prefill is the work
     start = time.perf_counter()
-    outs = llm.generate([prompt(q) for q in questions], params, use_tqdm=False)
+    outs = llm.generate([make_prompt(q) for q in questions], params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     computed = sum(len(o.prompt_token_ids) - o.num_cached_tokens for o in outs)
     return elapsed, computed, [o.outputs[0].token_ids[0] for o in outs]
 
 
-def main(num_timed: int = 4) -> dict[str, Any]:
+def main(num_timed: int = 4, model: str | None = None) -> dict[str, Any]:
     """Run the three sections, timing `num_timed` new questions in section 3; return what they
-    found (lessons/04b's test checks it)."""
+    found (lessons/04b's test checks it). model: a tiny random checkpoint (see --tiny) instead
+    of SmolLM2, fed stand-in token ids."""
     timed_questions = QUESTIONS[4 : 4 + num_timed]
-    warm = LLM(block_size=BLOCK_SIZE, enable_prefix_caching=True)
-    found: dict[str, Any] = {"sharing": sharing(warm), "repeat": repeat(warm)}
+    make_prompt = prompt if model is None else stand_in_prompt
+    warm = LLM(model, block_size=BLOCK_SIZE, enable_prefix_caching=True)
+    found: dict[str, Any] = {
+        "sharing": sharing(warm, make_prompt),
+        "repeat": repeat(warm, make_prompt),
+    }
 
     n = len(timed_questions)
     print(f"\n=== 3. {n} more questions behind the same system prompt, prefill timed")
-    cold = LLM(block_size=BLOCK_SIZE, enable_prefix_caching=False)
+    cold = LLM(model, block_size=BLOCK_SIZE, enable_prefix_caching=False)
     cold.generate("Hello", SamplingParams(max_tokens=1), use_tqdm=False)  # warm-up, untimed
     results = {}
     for name, llm in (("enable_prefix_caching=False", cold), ("enable_prefix_caching=True ", warm)):
-        results[name] = timed(llm, timed_questions)
+        results[name] = timed(llm, timed_questions, make_prompt)
         seconds, computed, _ = results[name]
         print(f"   {name}: {computed:5d} prompt tokens run, {seconds:.2f} s")
     (t_cold, run_cold, first_cold), (t_warm, run_warm, first_warm) = results.values()
@@ -148,4 +176,10 @@ def main(num_timed: int = 4) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model, in seconds")
+    if parser.parse_args().tiny:
+        with tempfile.TemporaryDirectory() as d:
+            main(model=str(make_tiny_checkpoint(Path(d), "llama")))
+    else:
+        main()
