@@ -24,7 +24,7 @@ from vllm_mini.engine.arg_utils import EngineArgs
         (lambda: CacheConfig(num_gpu_blocks_override=0), "num_gpu_blocks_override must be >= 1"),
         (lambda: SchedulerConfig(max_num_seqs=0), "max_num_seqs must be >= 1"),
         (lambda: SchedulerConfig(max_num_batched_tokens=0), "max_num_batched_tokens must be >= 1"),
-        (lambda: SchedulerConfig(policy="lifo"), "scheduling policy must be one of"),
+        (lambda: SchedulerConfig(policy="lifo"), "scheduling_policy must be one of"),
         (lambda: ParallelConfig(tensor_parallel_size=2), "tensor_parallel_size must be 1"),
         (lambda: LoadConfig(load_format="pickle"), "load_format must be one of"),
         (lambda: DeviceConfig(device="tpu"), "device must be one of"),

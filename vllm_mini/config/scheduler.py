@@ -30,7 +30,7 @@ class SchedulerConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.policy not in _POLICIES:
             raise ValueError(
-                f"scheduling policy must be one of {list(_POLICIES)}, got {self.policy!r}"
+                f"scheduling_policy must be one of {list(_POLICIES)}, got {self.policy!r}"
             )
 
     def verify_with_model_len(self) -> None:
