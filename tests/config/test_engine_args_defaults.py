@@ -99,6 +99,8 @@ def test_create_engine_config_passes_every_field_to_its_config(monkeypatch):
 
     monkeypatch.setattr(arg_utils, "CompilationConfig", NestedRecorder)
     monkeypatch.setattr(arg_utils, "VllmConfig", lambda **configs: dict(configs.values()))
+    # The backend's constraints act on a real VllmConfig; this test only follows the fields.
+    monkeypatch.setattr(arg_utils, "apply_backend_constraints", lambda config: config)
     values = {name: f"value-of-{name}" for name in ENGINE_FIELDS}
     received = EngineArgs(**values).create_engine_config()
     for name in NESTED:

@@ -17,6 +17,10 @@ from vllm_mini.attention.backends.paged import (
     TorchPagedAttentionBackend,
     TritonPagedAttentionBackend,
 )
+from vllm_mini.config import VllmConfig
+from vllm_mini.logger import init_logger
+
+logger = init_logger(__name__)
 
 ATTENTION_BACKENDS: dict[str, type[AttentionBackend]] = {
     backend.name: backend
@@ -44,3 +48,19 @@ def get_attn_impl(
     backend: str, num_heads: int, head_size: int, scale: float, num_kv_heads: int
 ) -> AttentionImpl:
     return get_attn_backend(backend).make_impl(num_heads, head_size, scale, num_kv_heads)
+
+
+def apply_backend_constraints(vllm_config: VllmConfig) -> VllmConfig:
+    """Switch off what the chosen backend cannot do, e.g. prefix caching on naive attention.
+
+    Called by EngineArgs.create_engine_config and EngineCore: config/ sits below attention/ and
+    may not import it (tests/test_import_layering.py), so VllmConfig cannot ask the backend itself.
+    """
+    backend = get_attn_backend(vllm_config.attention_config.backend)
+    if not backend.supports_prefix_caching and vllm_config.cache_config.enable_prefix_caching:
+        # e.g. naive attention keeps a private cache per request: nothing can be shared.
+        logger.info(
+            "prefix caching is off: the %s attention backend cannot share blocks", backend.name
+        )
+        vllm_config.cache_config.enable_prefix_caching = False
+    return vllm_config

@@ -45,15 +45,6 @@ class VllmConfig:
             self.attention_config.backend = current_platform.default_attention_backend(
                 self.device_config.device_type
             )
-        from vllm_mini.attention.selector import get_attn_backend
-
-        backend = get_attn_backend(self.attention_config.backend)
-        if not backend.supports_prefix_caching and self.cache_config.enable_prefix_caching:
-            # e.g. naive attention keeps a private cache per request: nothing can be shared.
-            logger.info(
-                "prefix caching is off: the %s attention backend cannot share blocks", backend.name
-            )
-            self.cache_config.enable_prefix_caching = False
         self.compilation_config.resolve(
             self.device_config.device_type,
             self.scheduler_config.max_num_seqs,

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
+from vllm_mini.attention.selector import apply_backend_constraints
 from vllm_mini.config import (
     AttentionConfig,
     CacheConfig,
@@ -117,7 +118,7 @@ class EngineArgs:
         return cls(**kwargs)
 
     def create_engine_config(self) -> VllmConfig:
-        return VllmConfig(
+        config = VllmConfig(
             model_config=ModelConfig(
                 model=self.model,
                 dtype=self.dtype,
@@ -150,6 +151,9 @@ class EngineArgs:
             attention_config=AttentionConfig(backend=self.attention_backend),
             compilation_config=CompilationConfig.from_cli(self.compilation_config),
         )
+        # What the chosen attention backend cannot do is switched off here (config/ cannot ask
+        # the backend: it sits below attention/ in the import layers).
+        return apply_backend_constraints(config)
 
     def replace(self, **changes: Any) -> EngineArgs:
         return dataclasses.replace(self, **changes)

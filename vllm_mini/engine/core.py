@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vllm_mini.attention.selector import apply_backend_constraints
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.kv_cache_utils import get_request_block_hasher
 from vllm_mini.core.sched.output import EngineCoreOutput, SchedulerOutput
@@ -58,6 +59,8 @@ class EngineCoreSnapshot:
 class EngineCore:
     def __init__(self, vllm_config: VllmConfig) -> None:
         self.vllm_config = vllm_config
+        # Before the scheduler and the block hasher exist (configs built without EngineArgs too).
+        apply_backend_constraints(vllm_config)
         self.worker = Worker(vllm_config)
         self.worker.load_model()
         self.num_blocks = self.worker.determine_num_blocks()
