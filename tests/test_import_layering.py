@@ -42,6 +42,8 @@ LAYERS: dict[str, int] = {
     "distributed": 2,
     # 3 model definitions, layers, weight loading.
     "model_executor": 3,
+    # 3 also: torch.compile of a model and its CUDA-graph runner (stage 6).
+    "compilation": 3,
     # 4 KV-cache blocks and scheduling: requests, never tensors.
     "core": 4,
     "request": 4,

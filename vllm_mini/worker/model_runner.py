@@ -22,8 +22,11 @@ import torch
 
 from vllm_mini.attention import Attention
 from vllm_mini.attention.backends.abstract import AttentionMetadata
+from vllm_mini.attention.layer import set_static_forward_context
 from vllm_mini.attention.selector import get_attn_backend
-from vllm_mini.config import VllmConfig
+from vllm_mini.compilation.cuda_graph import CUDAGraphRunner
+from vllm_mini.compilation.wrapper import maybe_compile
+from vllm_mini.config import CUDAGraphMode, VllmConfig
 from vllm_mini.core.kv_cache_utils import get_kv_cache_shape
 from vllm_mini.core.sched.output import (
     CachedRequestData,
@@ -63,8 +66,37 @@ class ModelRunner:
         self._paused_generators: dict[str, torch.Generator] = {}
 
     def load_model(self) -> None:
-        self.model = get_model(self.vllm_config)
-        self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        model = get_model(self.vllm_config)
+        self.attn_layers = [m for m in model.modules() if isinstance(m, Attention)]
+        # The attention custom op finds its layer by name (stage 6, compilation/wrapper.py).
+        self.static_forward_context = {layer.layer_name: layer for layer in self.attn_layers}
+        self.model = maybe_compile(model, self.vllm_config.compilation_config)
+        self.cudagraph_runner = self._make_cudagraph_runner()
+
+    def _make_cudagraph_runner(self) -> CUDAGraphRunner | None:
+        """Decode steps through static, padded buffers (stage 6; compilation/cuda_graph.py)."""
+        cc = self.vllm_config.compilation_config
+        if cc.cudagraph_mode != CUDAGraphMode.FULL_DECODE_ONLY.value:
+            return None
+        if not self.attn_backend.uses_paged_kv_cache:
+            return None  # per-request caches (naive) have no slots to pad into
+        return CUDAGraphRunner(
+            self.model,
+            cc.cudagraph_capture_sizes,
+            max_blocks_per_req=-(-self.model_config.max_model_len // self.block_size),
+            max_model_len=self.model_config.max_model_len,
+            device=self.device,
+            capture_enabled=self.attn_backend.supports_cudagraph,
+        )
+
+    def capture_model(self) -> None:
+        """Capture the decode CUDA graphs; the worker calls it once the KV cache exists."""
+        if self.cudagraph_runner is None:
+            return
+        empty = torch.zeros(0, dtype=torch.int32, device=self.device)
+        template = AttentionMetadata(0, 1, 1, empty, empty, empty, empty.long(), [0], [], [])
+        set_static_forward_context(self.static_forward_context)
+        self.cudagraph_runner.capture(template)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One [2, num_blocks, block_size, num_kv_heads, head_size] tensor per attention layer."""
@@ -182,8 +214,7 @@ class ModelRunner:
         if not req_ids:
             return ModelRunnerOutput([], {}, [])
         input_ids, positions, meta = self._prepare_inputs(so, req_ids)
-        with set_forward_context(meta):
-            hidden_states = self.model(input_ids, positions)
+        hidden_states = self._run_model(input_ids, positions, meta)
 
         # Only requests whose scheduled tokens reach their last known token sample; a partial
         # prefill chunk just fills the KV cache.
@@ -211,6 +242,21 @@ class ModelRunner:
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+
+    def _run_model(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """hidden states [num_tokens, hidden]: eagerly, or padded through the static buffers."""
+        set_static_forward_context(self.static_forward_context)
+        padded = None
+        if self.cudagraph_runner is not None:
+            padded = self.cudagraph_runner.prepare(input_ids, positions, meta)
+        if padded is None:
+            with set_forward_context(meta):
+                return self.model(input_ids, positions)
+        size, padded_meta = padded
+        with set_forward_context(padded_meta):
+            return self.cudagraph_runner.forward(size)[: input_ids.shape[0]]
 
     # ---------------------------------------------------------------------- profiling
     def profile_run(self) -> int:

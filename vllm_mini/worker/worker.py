@@ -135,6 +135,8 @@ class Worker:
 
     def initialize_cache(self, num_blocks: int) -> None:
         self.model_runner.initialize_kv_cache(num_blocks)
+        # CUDA graphs point at the KV cache, so they are captured only now (vLLM: capture_model).
+        self.model_runner.capture_model()
         logger.info(
             "KV cache: %d blocks of %d tokens (%d tokens)",
             num_blocks,

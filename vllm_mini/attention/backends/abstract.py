@@ -52,6 +52,9 @@ class AttentionBackend(ABC):
     uses_paged_kv_cache: ClassVar[bool] = True
     # KV blocks may be shared between requests, so the prefix cache can hand them out again.
     supports_prefix_caching: ClassVar[bool] = True
+    # A pure-decode forward can be captured in a CUDA graph: no host sync, no shapes decided from
+    # the step's values (vLLM: AttentionCGSupport). Stage 6.
+    supports_cudagraph: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

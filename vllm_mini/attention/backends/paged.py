@@ -43,6 +43,9 @@ class CpuPagedAttentionBackend(PagedAttentionBackend):
 
 class CudaPagedAttentionBackend(PagedAttentionBackend):
     name = "cuda"  # the CUDA kernels in csrc/cuda
+    # Its decode kernel takes tensors plus the fixed max_seq_len: nothing read back to the host.
+    # (triton's wrapper sizes repeat_interleave from the data, a sync; torch loops in Python.)
+    supports_cudagraph = True
 
 
 class PagedAttentionImpl(AttentionImpl):

@@ -75,6 +75,10 @@ class RotaryEmbedding(nn.Module):
 
     def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Every layer sees the same positions tensor in one forward pass: look it up once.
+        # Under torch.compile the memo would be module state the graph guards on (a recompile per
+        # step); the compiler removes the repeated lookups itself (common subexpressions).
+        if torch.compiler.is_compiling():
+            return self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
         if positions is not self._cached_positions:
             cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
             self._cached_positions, self._cached_cos_sin = positions, (cos, sin)
