@@ -11,6 +11,7 @@ concept; the variants below are the ones it rules out.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,42 @@ def test_chinese_pages_use_the_glossary_terms(page: Path):
     prose = FENCE.sub("", zh.read_text())
     found = {bad: good for bad, good in FORBIDDEN_VARIANTS.items() if bad in prose}
     assert not found, f"{zh.name}: use the glossary's terms: {found}"
+
+
+def _slugify(value: str) -> str:
+    """The heading id mkdocs gives by default (Python-Markdown's toc: ASCII letters only)."""
+    value = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    value = re.sub(r"[^\w\s-]", "", value).strip().lower()
+    return re.sub(r"[-\s]+", "-", value)
+
+
+def heading_ids(page: Path) -> set[str]:
+    ids = set()
+    for m in re.finditer(r"^#{1,6}\s+(.*?)\s*$", FENCE.sub("", page.read_text()), re.MULTILINE):
+        explicit = re.search(r"\{#([\w-]+)\}$", m.group(1))
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1).replace("`", ""))
+        ids.add(explicit.group(1) if explicit else _slugify(text))
+    return ids
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_id)
+def test_anchors_resolve_in_both_languages(page: Path):
+    """A link X.md#id must land on a heading in X.md and, from a Chinese page, in X.zh.md: a
+    translated heading keeps the English id with `{#id}` (attr_list)."""
+    broken = []
+    for source in (page, twin(page)):
+        if not source.exists():
+            continue
+        for target in link_targets(source.read_text()):
+            if "#" not in target or "://" in target:
+                continue
+            path, anchor = target.split("#", 1)
+            dest = (source.parent / path).resolve() if path else source
+            if path and source.name.endswith(".zh.md") and twin(dest).exists():
+                dest = twin(dest)
+            if dest.suffix == ".md" and dest.exists() and anchor not in heading_ids(dest):
+                broken.append(f"{source.name}: {target}")
+    assert not broken, f"anchors that do not resolve: {broken}"
 
 
 def test_the_checker_sees_code_and_links():
