@@ -10,6 +10,8 @@ Cold compiles of these 2-layer models take 10-40 s on a 2-core CPU; the on-disk 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import make_tiny_checkpoint
@@ -59,3 +61,23 @@ def test_compiled_model_with_padded_decode_buffers_matches_eager(tiny_llama_dir)
     _assert_same(ref, outs)
     assert runner.cudagraph_runner.num_padded_steps > 0
     assert runner.model.num_compiles == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("VLLM_MINI_TEST_COMPILE_SMOLLM2"),
+    reason="a cold inductor compile of SmolLM2 takes many minutes on 2 cores; "
+    "set VLLM_MINI_TEST_COMPILE_SMOLLM2=1 to run it",
+)
+def test_compiled_smollm2_matches_eager(smollm2_gguf):
+    prompts = [{"prompt_token_ids": ids} for ids in ([1, 2, 3, 4], [5, 6], [7, 8, 9])]
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=3)
+
+    def run(**kwargs):
+        llm = LLM(max_model_len=256, **kwargs)
+        return llm.generate(prompts, params, use_tqdm=False), llm
+
+    ref, _ = run(enforce_eager=True)
+    outs, llm = run(compilation_config=3)
+    _assert_same(ref, outs)
+    assert llm.llm_engine.engine_core.worker.model_runner.model.num_compiles == 1
