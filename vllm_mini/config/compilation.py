@@ -159,9 +159,10 @@ class CompilationConfig:
 def default_compilation_mode(device_type: str) -> CompilationMode:
     """The mode `LLM()` uses when none is given; VLLM_MINI_COMPILE=0/1/3 overrides it.
 
-    vLLM compiles by default on every platform. Measured here (benchmarks/RESULTS.md, stage 6):
-    on the 2-core CPU the cold compile of SmolLM2 costs more start-up time than the decode
-    speed-up returns for a typical short run, so the CPU default stays eager; CUDA compiles.
+    vLLM compiles by default on every platform. Measured on the shared 2-core CPU (stage 6 docs
+    page): a cold inductor compile costs 15-40 s for the 2-layer test models, ~200 s for a
+    4-layer one, and SmolLM2's 30 layers did not finish in 14 minutes, so the CPU default stays
+    eager until compile start-up is brought down; CUDA compiles.
     """
     env = os.environ.get("VLLM_MINI_COMPILE")
     if env:
