@@ -37,7 +37,6 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer)
         self.stats = EngineStats()
         self.stat_logger = LoggingStatLogger() if log_stats else None
-        self.eos_token_id = self.tokenizer.eos_token_id
         # Optional step recorder (engine/trace.py) for the visualizer; None costs nothing.
         self.trace_recorder = None
 

@@ -125,12 +125,7 @@ class TraceRecorder:
             self._num_tokens_before[request.request_id] = request.num_tokens
             requests.append(
                 RequestTrace(
-                    request_id=request.request_id,
-                    status=request.status,
-                    num_prompt_tokens=request.num_prompt_tokens,
-                    num_tokens=request.num_tokens,
-                    num_computed_tokens=request.num_computed_tokens,
-                    block_ids=request.block_ids,
+                    **asdict(request),  # the core's snapshot fields, then what the trace adds
                     scheduled_tokens=n,
                     kind=kind,
                     text=self._text(request.request_id),

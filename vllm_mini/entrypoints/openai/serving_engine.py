@@ -36,6 +36,11 @@ SSE_DONE = "data: [DONE]\n\n"  # the last event of every stream, as OpenAI sends
 _STREAM_DONE = object()  # a producer's end-of-stream marker in the merge queue
 
 
+def _prompt_id(request_id: str, index: int) -> str:
+    """The engine request id of prompt `index` of one API request (each prompt is its own)."""
+    return f"{request_id}-{index}"
+
+
 class EnginePrompt(TypedDict):
     """One prompt as the engine takes it: the ids, and the text when we have it."""
 
@@ -180,9 +185,9 @@ class OpenAIServing:
         queues: list[asyncio.Queue] = []
         try:
             for i, (prompt, p) in enumerate(zip(prompts, params)):
-                queues.append(await self.engine.add_request(f"{request_id}-{i}", prompt, p))
+                queues.append(await self.engine.add_request(_prompt_id(request_id, i), prompt, p))
         except ValueError:
-            self.engine.abort_nowait([f"{request_id}-{i}" for i in range(len(queues))])
+            self.engine.abort_nowait([_prompt_id(request_id, i) for i in range(len(queues))])
             raise
         return queues
 
@@ -199,7 +204,7 @@ class OpenAIServing:
 
         async def produce(i: int) -> None:
             try:
-                stream = self.engine.iterate_outputs(f"{request_id}-{i}", queues[i])
+                stream = self.engine.iterate_outputs(_prompt_id(request_id, i), queues[i])
                 async for out in stream:
                     queue.put_nowait((i, out))
             except Exception as e:  # noqa: BLE001 - handed to the consumer, who raises it

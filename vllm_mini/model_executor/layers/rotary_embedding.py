@@ -1,8 +1,8 @@
 """Rotary position embedding (RoPE), including Llama 3's frequency scaling.
 
-Stage 2. Mirrors vllm/model_executor/layers/rotary_embedding/ (a package in vLLM). RoPE rotates each pair of
-dimensions of q and k by an angle proportional to the token's position (RoFormer, Su et al. 2021),
-so q.k depends only on the distance between tokens. We precompute cos/sin for every position once
+Stage 2. Mirrors vllm/model_executor/layers/rotary_embedding/ (a package in vLLM). RoPE rotates
+each pair of dimensions of q and k by an angle proportional to the token's position (RoFormer,
+Su et al. 2021), so q.k depends only on the distance between tokens. We precompute cos/sin for every position once
 (`cos_sin_cache`) and index it by each token's position: with continuous batching, tokens of one
 batch sit at unrelated positions, so the positions tensor is an explicit input.
 
