@@ -14,6 +14,11 @@ import torch
 
 from vllm_mini.transformers_utils.config import ModelSource, get_hf_config, resolve_model_source
 
+# The names `--quantization` takes (stage 7). Each maps to its QuantizationConfig class in the
+# registry of vllm_mini/model_executor/layers/quantization/__init__.py (vLLM keeps the list there;
+# our config/ sits below model_executor/ in the import layers, so the names live here).
+QUANTIZATION_METHODS = ("gguf", "fp8", "compressed-tensors", "gptq", "awq")
+
 _STR_TO_DTYPE = {
     "float32": torch.float32,
     "float": torch.float32,
@@ -35,6 +40,9 @@ class ModelConfig:
     # Always run the plain PyTorch modules: no torch.compile, no CUDA graphs (vLLM keeps this knob
     # here too; CompilationConfig.resolve reads it). Stage 6.
     enforce_eager: bool = False
+    # The quantization method (stage 7): a name from vllm_mini.model_executor.layers.quantization,
+    # or None to take the checkpoint's own `quantization_config` (if it has one).
+    quantization: str | None = None
     # Filled in __post_init__.
     source: ModelSource = field(init=False)
     hf_config: Any = field(init=False, repr=False)
@@ -46,6 +54,7 @@ class ModelConfig:
         if not self.served_model_name:
             self.served_model_name = self.model
         self.dtype = self._resolve_dtype(self.dtype)
+        self.quantization = self._resolve_quantization(self.quantization)
         self.max_model_len = self._resolve_max_model_len(self.max_model_len)
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
@@ -65,6 +74,27 @@ class ModelConfig:
             allowed = ", ".join(["auto", *_STR_TO_DTYPE])
             raise ValueError(f"dtype must be one of {allowed}; got {dtype!r}")
         return _STR_TO_DTYPE[dtype]
+
+    def _resolve_quantization(self, quantization: str | None) -> str | None:
+        """The user's method, checked against the checkpoint's (vLLM: _verify_quantization)."""
+        if quantization is not None and quantization not in QUANTIZATION_METHODS:
+            raise ValueError(
+                f"quantization must be one of {list(QUANTIZATION_METHODS)} or None; "
+                f"got {quantization!r}"
+            )
+        ckpt_cfg = getattr(self.hf_config, "quantization_config", None)
+        if isinstance(ckpt_cfg, dict):
+            ckpt_method = str(ckpt_cfg.get("quant_method", "")).lower() or None
+            if quantization is None:
+                return ckpt_method
+            if quantization != ckpt_method:
+                raise ValueError(
+                    f"quantization={quantization!r} does not match the checkpoint, which is "
+                    f"quantized with {ckpt_method!r} (its config.json quantization_config)"
+                )
+        if quantization == "gguf" and self.source.gguf_file is None:
+            raise ValueError("quantization='gguf' needs a .gguf model file")
+        return quantization
 
     def _resolve_max_model_len(self, max_model_len: int | None) -> int:
         limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048

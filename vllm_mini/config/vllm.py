@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vllm_mini.config.attention import AttentionConfig
 from vllm_mini.config.cache import CacheConfig
@@ -21,6 +22,9 @@ from vllm_mini.config.model import ModelConfig
 from vllm_mini.config.parallel import ParallelConfig
 from vllm_mini.config.scheduler import SchedulerConfig
 from vllm_mini.logger import init_logger
+
+if TYPE_CHECKING:
+    from vllm_mini.model_executor.layers.quantization import QuantizationConfig
 
 logger = init_logger(__name__)
 
@@ -35,6 +39,9 @@ class VllmConfig:
     device_config: DeviceConfig = field(default_factory=DeviceConfig)
     attention_config: AttentionConfig = field(default_factory=AttentionConfig)
     compilation_config: CompilationConfig = field(default_factory=CompilationConfig)
+    # Built from model_config.quantization by the model loader (stage 7), which needs the method
+    # classes of model_executor/; every layer reads it at construction.
+    quant_config: QuantizationConfig | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.scheduler_config.max_model_len = self.model_config.max_model_len

@@ -44,6 +44,8 @@ _HELP = {
     "load_format": "auto, safetensors, gguf or dummy (random weights)",
     "device": "auto, cpu or cuda",
     "disable_log_stats": "do not log engine stats every few seconds",
+    "quantization": "weight quantization method (gguf, fp8, compressed-tensors, gptq, awq); "
+    "default: the checkpoint's own",
     "enforce_eager": "never compile the model or capture CUDA graphs",
     "compilation_config": "an int mode (0 none, 1 torch.compile, 3 vllm_mini) or a JSON dict "
     "with mode, cudagraph_mode, cudagraph_capture_sizes, cache_dir",
@@ -64,6 +66,7 @@ class EngineArgs:
     max_logprobs: int = ModelConfig.max_logprobs
     served_model_name: str | None = ModelConfig.served_model_name
     enforce_eager: bool = ModelConfig.enforce_eager
+    quantization: str | None = ModelConfig.quantization
     # CacheConfig
     block_size: int = CacheConfig.block_size
     kv_cache_memory_bytes: int | None = CacheConfig.kv_cache_memory_bytes
@@ -128,6 +131,7 @@ class EngineArgs:
                 max_logprobs=self.max_logprobs,
                 served_model_name=self.served_model_name,
                 enforce_eager=self.enforce_eager,
+                quantization=self.quantization,
             ),
             cache_config=CacheConfig(
                 block_size=self.block_size,

@@ -89,7 +89,9 @@ class LinearBase(nn.Module):
         self.quant_method.create_weights(
             self, input_size_per_partition, output_partition_sizes, params_dtype
         )
-        self.weight.weight_loader = self.weight_loader
+        for param in self.parameters(recurse=False):
+            if not hasattr(param, "weight_loader"):  # a method may bring its own (GGUF does)
+                param.weight_loader = self.weight_loader
         if bias:
             self.bias = nn.Parameter(
                 torch.zeros(sum(output_partition_sizes), dtype=params_dtype), requires_grad=False
@@ -106,6 +108,46 @@ def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
     if dst.shape != src.shape:
         raise ValueError(f"{name}: checkpoint shape {tuple(src.shape)} != param {tuple(dst.shape)}")
     dst.copy_(src)
+
+
+# The attributes below are set by quantization methods (base_config.py explains them); a plain
+# float weight has none and gets the defaults: [out, in], nothing packed.
+def _output_dim(param: torch.Tensor) -> int | None:
+    return getattr(param, "output_dim", 0)
+
+
+def _input_dim(param: torch.Tensor) -> int | None:
+    return getattr(param, "input_dim", 1 if param.dim() > 1 else None)
+
+
+def _pack_factor(param: torch.Tensor, dim: int | None) -> int:
+    """How many logical values one element holds along `dim` (8 for int4 packed in int32)."""
+    if dim is not None and getattr(param, "packed_dim", None) == dim:
+        return param.pack_factor
+    return 1
+
+
+def _load_packed_shard(
+    layer: LinearBase,
+    param: torch.Tensor,
+    loaded_weight: torch.Tensor,
+    shard_index: int,
+    offset: int,
+    size: int,
+    src_rank: int,
+) -> None:
+    """Place one shard (q, k, v / gate, up) of a packed layer: rows [offset, offset + size)."""
+    if getattr(param, "shard_indexed", False):
+        _copy_checked(param.data[shard_index], loaded_weight.reshape(()), layer.prefix)
+        return
+    dim = _output_dim(param)
+    if dim is None:  # not split by output (e.g. GPTQ's g_idx): every shard holds the same
+        _copy_checked(param.data, loaded_weight, layer.prefix)
+        return
+    pack = _pack_factor(param, dim)
+    offset, size = offset // pack, size // pack
+    src = loaded_weight.narrow(dim, src_rank * size, size)
+    _copy_checked(param.data.narrow(dim, offset, size), src, layer.prefix)
 
 
 class ReplicatedLinear(LinearBase):
@@ -137,8 +179,13 @@ class ColumnParallelLinear(LinearBase):
         self.gather_output = gather_output
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
-        shard = param.data.shape[0]
-        _copy_checked(param.data, loaded_weight.narrow(0, self.tp_rank * shard, shard), self.prefix)
+        dim = _output_dim(param)
+        if dim is None:
+            _copy_checked(param.data, loaded_weight, self.prefix)
+            return
+        shard = param.data.shape[dim]
+        src = loaded_weight.narrow(dim, self.tp_rank * shard, shard)
+        _copy_checked(param.data, src, self.prefix)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.quant_method.apply(self, x, self.bias)
@@ -163,8 +210,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
             raise ValueError(f"{self.prefix}: a packed weight needs its shard id (0..n-1)")
         shard = self.output_sizes[loaded_shard_id] // self.tp_size
         offset = sum(self.output_sizes[:loaded_shard_id]) // self.tp_size
-        src = loaded_weight.narrow(0, self.tp_rank * shard, shard)
-        _copy_checked(param.data.narrow(0, offset, shard), src, self.prefix)
+        _load_packed_shard(self, param, loaded_weight, loaded_shard_id, offset, shard, self.tp_rank)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -216,8 +262,8 @@ class QKVParallelLinear(ColumnParallelLinear):
             rows = kv_rows
             # Ranks that share a replicated KV head load the same slice.
             head_rank = self.tp_rank // self.num_kv_head_replicas
-        src = loaded_weight.narrow(0, head_rank * rows, rows)
-        _copy_checked(param.data.narrow(0, offset, rows), src, self.prefix)
+        index = "qkv".index(loaded_shard_id)
+        _load_packed_shard(self, param, loaded_weight, index, offset, rows, head_rank)
 
 
 class RowParallelLinear(LinearBase):
@@ -241,11 +287,13 @@ class RowParallelLinear(LinearBase):
         self.reduce_results = reduce_results
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
-        if param.dim() == 1:  # the bias is not split; only rank 0 adds it (see forward)
+        dim = _input_dim(param)
+        if dim is None:  # the bias is not split; only rank 0 adds it (see forward)
             _copy_checked(param.data, loaded_weight, self.prefix)
             return
-        shard = param.data.shape[1]
-        _copy_checked(param.data, loaded_weight.narrow(1, self.tp_rank * shard, shard), self.prefix)
+        shard = param.data.shape[dim]
+        src = loaded_weight.narrow(dim, self.tp_rank * shard, shard)
+        _copy_checked(param.data, src, self.prefix)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         bias = self.bias if self.tp_rank == 0 else None

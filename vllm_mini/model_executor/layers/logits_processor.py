@@ -23,7 +23,7 @@ class LogitsProcessor(nn.Module):
 
     def forward(self, lm_head: VocabParallelEmbedding, hidden_states: torch.Tensor) -> torch.Tensor:
         # hidden_states: [num_seqs, hidden] -> logits: [num_seqs, vocab_size]
-        logits = torch.matmul(hidden_states, lm_head.weight.t())
+        logits = lm_head.quant_method.apply(lm_head, hidden_states)
         logits = tensor_model_parallel_all_gather(logits)
         logits = logits[..., : self.vocab_size]
         if self.scale != 1.0:

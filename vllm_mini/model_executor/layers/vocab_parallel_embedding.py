@@ -4,7 +4,9 @@ Stage 2 (sharding used in stage 8). Mirrors vllm/model_executor/layers/vocab_par
 Rank r owns rows [r * V/n, (r+1) * V/n) of the embedding table. A token id outside that range gets
 zeros on this rank; the all-reduce adds the one rank that had it. The LM head reuses the same
 sharded table (tied embeddings) or its own, and each rank produces logits for its vocab slice.
-Next: logits_processor.py.
+Quantized embeddings (GGUF keeps the table in its blocks) plug in through the same
+`quant_method` hook as linear layers: the method creates the table and looks rows up
+(`embedding`), and serves as the LM head's matmul (`apply`). Next: logits_processor.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from vllm_mini.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
+from vllm_mini.model_executor.layers.quantization import QuantizationConfig, QuantizeMethodBase
 
 # vLLM pads the vocab so every rank gets an equal, aligned slice.
 DEFAULT_VOCAB_PADDING_SIZE = 64
@@ -27,12 +30,38 @@ def pad_vocab_size(vocab_size: int, pad_to: int = DEFAULT_VOCAB_PADDING_SIZE) ->
     return ((vocab_size + pad_to - 1) // pad_to) * pad_to
 
 
+class UnquantizedEmbeddingMethod(QuantizeMethodBase):
+    """A float [vocab, hidden] table: row lookup for the embedding, x @ W^T for the LM head."""
+
+    def create_weights(
+        self,
+        layer: nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        params_dtype: torch.dtype,
+    ) -> None:
+        weight = nn.Parameter(
+            torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+            requires_grad=False,
+        )
+        layer.register_parameter("weight", weight)
+
+    def apply(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return F.linear(x, layer.weight, bias)
+
+    def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, layer.weight)
+
+
 class VocabParallelEmbedding(nn.Module):
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         params_dtype: torch.dtype | None = None,
+        quant_config: QuantizationConfig | None = None,
         prefix: str = "",
     ) -> None:
         super().__init__()
@@ -44,15 +73,18 @@ class VocabParallelEmbedding(nn.Module):
         self.num_embeddings_per_partition = padded // self.tp_size
         self.vocab_start_index = self.tp_rank * self.num_embeddings_per_partition
         self.vocab_end_index = self.vocab_start_index + self.num_embeddings_per_partition
-        self.weight = nn.Parameter(
-            torch.empty(
-                self.num_embeddings_per_partition,
-                embedding_dim,
-                dtype=params_dtype or torch.get_default_dtype(),
-            ),
-            requires_grad=False,
+        self.embedding_dim = embedding_dim
+        method = quant_config.get_quant_method(self, prefix) if quant_config else None
+        self.quant_method: QuantizeMethodBase = method or UnquantizedEmbeddingMethod()
+        self.quant_method.create_weights(
+            self,
+            embedding_dim,
+            [self.num_embeddings_per_partition],
+            params_dtype or torch.get_default_dtype(),
         )
-        self.weight.weight_loader = self.weight_loader
+        for param in self.parameters(recurse=False):
+            if not hasattr(param, "weight_loader"):
+                param.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
         """Copy this rank's vocab rows; rows past the real vocab (padding) stay zero."""
@@ -63,17 +95,22 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.embedding(input_ids, self.weight)
+            return self.quant_method.embedding(self, input_ids)
         in_range = (input_ids >= self.vocab_start_index) & (input_ids < self.vocab_end_index)
         local_ids = torch.where(in_range, input_ids - self.vocab_start_index, 0)
-        out = F.embedding(local_ids, self.weight) * in_range.unsqueeze(-1)
+        out = self.quant_method.embedding(self, local_ids) * in_range.unsqueeze(-1)
         return tensor_model_parallel_all_reduce(out)
 
 
 class ParallelLMHead(VocabParallelEmbedding):
     """The output projection hidden -> vocab logits; its weight has the embedding's layout."""
 
-    def tie_weights(self, embed_tokens: VocabParallelEmbedding) -> ParallelLMHead:
+    def tie_weights(self, embed_tokens: VocabParallelEmbedding) -> VocabParallelEmbedding:
+        """Share the embedding table. A quantized table has more than one tensor (blocks,
+        scales), so the LM head becomes the embedding module itself, whose method also knows how
+        to multiply by it (vLLM does the same for GGUF)."""
+        if not isinstance(embed_tokens.quant_method, UnquantizedEmbeddingMethod):
+            return embed_tokens
         self.weight = embed_tokens.weight
         return self
 

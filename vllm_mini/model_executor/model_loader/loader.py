@@ -17,6 +17,7 @@ from vllm_mini.config import VllmConfig, set_current_vllm_config
 from vllm_mini.logger import init_logger
 from vllm_mini.model_executor.layers.quantization import QuantizeMethodBase
 from vllm_mini.model_executor.model_loader.weight_utils import (
+    get_quant_config,
     get_safetensors_files,
     safetensors_weights_iterator,
 )
@@ -64,8 +65,29 @@ def process_weights_after_loading(model: nn.Module) -> None:
             quant_method.process_weights_after_loading(module)
 
 
+def _set_quant_config(vllm_config: VllmConfig) -> None:
+    """Build the quantization method's config and check it can run this dtype.
+
+    vLLM builds it in VllmConfig (vllm/config/vllm.py, _get_quantization_config); ours sits here
+    because the method classes live in model_executor/, above config/ in the import layers.
+    """
+    model_config = vllm_config.model_config
+    if model_config.quantization is None:
+        vllm_config.quant_config = None
+        return
+    quant_config = get_quant_config(model_config)
+    supported = quant_config.get_supported_act_dtypes()
+    if model_config.dtype not in supported:
+        raise ValueError(
+            f"dtype {model_config.dtype} is not supported by quantization="
+            f"{quant_config.get_name()!r}; supported: {supported}"
+        )
+    vllm_config.quant_config = quant_config
+
+
 def get_model(vllm_config: VllmConfig) -> nn.Module:
     model_config = vllm_config.model_config
+    _set_quant_config(vllm_config)
     model_cls = ModelRegistry.resolve_model_cls(
         getattr(model_config.hf_config, "architectures", None) or ["LlamaForCausalLM"]
     )

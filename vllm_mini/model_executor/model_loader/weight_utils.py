@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
+
+if TYPE_CHECKING:
+    from vllm_mini.config.model import ModelConfig
+    from vllm_mini.model_executor.layers.quantization import QuantizationConfig
 
 
 def default_weight_loader(param: torch.nn.Parameter, loaded_weight: torch.Tensor) -> None:
@@ -42,4 +47,27 @@ def safetensors_weights_iterator(
     for file in files:
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                yield name, f.get_tensor(name).to(dtype)
+                tensor = f.get_tensor(name)
+                # Cast float weights to the model's dtype; leave quantized payloads (int32 packed
+                # 4-bit words, int8 weights, float8 weights) exactly as the checkpoint stores them.
+                if tensor.is_floating_point() and tensor.element_size() > 1:
+                    tensor = tensor.to(dtype)
+                yield name, tensor
+
+
+def get_quant_config(model_config: ModelConfig) -> QuantizationConfig:
+    """The QuantizationConfig for `model_config.quantization`, from the checkpoint if it has one.
+
+    Mirrors get_quant_config in vLLM's weight_utils.py: the checkpoint's `quantization_config`
+    (config.json) is the source of truth; methods that quantize online (fp8) or need no config
+    (gguf) are built without one.
+    """
+    from vllm_mini.model_executor.layers.quantization import get_quantization_config
+
+    name = model_config.quantization
+    assert name is not None
+    config_cls = get_quantization_config(name)
+    hf_quant_config = getattr(model_config.hf_config, "quantization_config", None)
+    if isinstance(hf_quant_config, dict):
+        return config_cls.from_config(hf_quant_config)
+    return config_cls()

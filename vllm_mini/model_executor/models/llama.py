@@ -27,6 +27,7 @@ from vllm_mini.model_executor.layers.linear import (
     RowParallelLinear,
 )
 from vllm_mini.model_executor.layers.logits_processor import LogitsProcessor
+from vllm_mini.model_executor.layers.quantization import QuantizationConfig
 from vllm_mini.model_executor.layers.rotary_embedding import get_rope
 from vllm_mini.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead,
@@ -36,13 +37,27 @@ from vllm_mini.model_executor.model_loader.weight_utils import default_weight_lo
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, prefix: str = "") -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+    ) -> None:
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(
-            hidden_size, [intermediate_size] * 2, bias=False, prefix=f"{prefix}.gate_up_proj"
+            hidden_size,
+            [intermediate_size] * 2,
+            bias=False,
+            quant_config=quant_config,
+            prefix=f"{prefix}.gate_up_proj",
         )
         self.down_proj = RowParallelLinear(
-            intermediate_size, hidden_size, bias=False, prefix=f"{prefix}.down_proj"
+            intermediate_size,
+            hidden_size,
+            bias=False,
+            quant_config=quant_config,
+            prefix=f"{prefix}.down_proj",
         )
         self.act_fn = SiluAndMul()
 
@@ -55,7 +70,14 @@ class LlamaMLP(nn.Module):
 class LlamaAttention(nn.Module):
     """Self-attention; `qkv_bias` (Qwen2) and `qk_norm` (Qwen3) let the relatives reuse it."""
 
-    def __init__(self, config, qkv_bias: bool = False, qk_norm: bool = False, prefix: str = ""):
+    def __init__(
+        self,
+        config,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+    ):
         super().__init__()
         hidden_size = config.hidden_size
         self.total_num_heads = config.num_attention_heads
@@ -69,6 +91,7 @@ class LlamaAttention(nn.Module):
             self.total_num_heads,
             self.total_num_kv_heads,
             bias=qkv_bias or getattr(config, "attention_bias", False),
+            quant_config=quant_config,
             prefix=f"{prefix}.qkv_proj",
         )
         # Heads on THIS rank (all of them at tp=1).
@@ -80,6 +103,7 @@ class LlamaAttention(nn.Module):
             self.total_num_heads * self.head_dim,
             hidden_size,
             bias=getattr(config, "attention_bias", False) and not qkv_bias,
+            quant_config=quant_config,
             prefix=f"{prefix}.o_proj",
         )
         self.qk_norm = qk_norm
@@ -127,10 +151,23 @@ def _rope_scaling(config) -> dict | None:
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, prefix: str = "", **attention_kwargs) -> None:
+    def __init__(
+        self,
+        config,
+        quant_config: QuantizationConfig | None = None,
+        prefix: str = "",
+        **attention_kwargs,
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, prefix=f"{prefix}.self_attn", **attention_kwargs)
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, prefix=f"{prefix}.mlp")
+        self.self_attn = LlamaAttention(
+            config, quant_config=quant_config, prefix=f"{prefix}.self_attn", **attention_kwargs
+        )
+        self.mlp = LlamaMLP(
+            config.hidden_size,
+            config.intermediate_size,
+            quant_config=quant_config,
+            prefix=f"{prefix}.mlp",
+        )
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -151,11 +188,17 @@ class LlamaModel(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", **attention_kwargs) -> None:
         super().__init__()
         config = vllm_config.model_config.hf_config
+        quant_config = vllm_config.quant_config
         self.embed_tokens = VocabParallelEmbedding(
-            config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens"
+            config.vocab_size,
+            config.hidden_size,
+            quant_config=quant_config,
+            prefix=f"{prefix}.embed_tokens",
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, prefix=f"{prefix}.layers.{i}", **attention_kwargs)
+            LlamaDecoderLayer(
+                config, quant_config=quant_config, prefix=f"{prefix}.layers.{i}", **attention_kwargs
+            )
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -189,7 +232,10 @@ class LlamaForCausalLM(nn.Module):
             vllm_config=vllm_config, prefix=_join(prefix, "model"), **self.attention_kwargs
         )
         self.lm_head = ParallelLMHead(
-            config.vocab_size, config.hidden_size, prefix=_join(prefix, "lm_head")
+            config.vocab_size,
+            config.hidden_size,
+            quant_config=vllm_config.quant_config,
+            prefix=_join(prefix, "lm_head"),
         )
         if getattr(config, "tie_word_embeddings", False):
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
