@@ -179,6 +179,9 @@ class ColumnParallelLinear(LinearBase):
         self.gather_output = gather_output
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
+        if getattr(param, "shard_indexed", False):  # an unpacked layer is its own shard 0
+            _copy_checked(param.data[0], loaded_weight.reshape(()), self.prefix)
+            return
         dim = _output_dim(param)
         if dim is None:
             _copy_checked(param.data, loaded_weight, self.prefix)
@@ -287,6 +290,9 @@ class RowParallelLinear(LinearBase):
         self.reduce_results = reduce_results
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
+        if getattr(param, "shard_indexed", False):  # one value for the whole (unpacked) layer
+            _copy_checked(param.data[0], loaded_weight.reshape(()), self.prefix)
+            return
         dim = _input_dim(param)
         if dim is None:  # the bias is not split; only rank 0 adds it (see forward)
             _copy_checked(param.data, loaded_weight, self.prefix)
