@@ -55,7 +55,11 @@ if platform.machine() in ("x86_64", "AMD64"):
 def cpu_extension() -> CppExtension:
     return CppExtension(
         name="vllm_mini._C",
-        sources=["csrc/cpu/paged_attention.cpp", "csrc/cpu/w4a16_gemm.cpp"],
+        sources=[
+            "csrc/cpu/paged_attention.cpp",
+            "csrc/cpu/w4a16_gemm.cpp",
+            "csrc/cpu/gguf_gemm.cpp",
+        ],
         depends=["csrc/cpu/cpu_types_x86.hpp"],  # an edited header rebuilds too; sdists carry it
         extra_compile_args={"cxx": CPU_CFLAGS},
         extra_link_args=["-fopenmp"],
