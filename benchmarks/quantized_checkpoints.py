@@ -93,6 +93,42 @@ def _fp8_tensor_modifiers() -> list:
     return [QuantizationModifier(config_groups={"group_0": group}, ignore=["lm_head"])]
 
 
+def _w4a16_groups(symmetric: bool, actorder: str | None = None) -> dict:
+    """4-bit int weights in groups of 64 (SmolLM2's 576 inputs are 9 groups; 128 would not
+    divide them), float activations: what vLLM calls W4A16, stored pack-quantized."""
+    weights = {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 64}
+    weights["symmetric"] = symmetric
+    if actorder is not None:
+        weights["actorder"] = actorder
+    return {"group_0": {"targets": ["Linear"], "weights": weights}}
+
+
+def _w4a16_gptq_modifiers() -> list:
+    """GPTQ, symmetric 4-bit groups (the W4A16 preset with group size 64)."""
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    return [GPTQModifier(config_groups=_w4a16_groups(True), ignore=["lm_head"])]
+
+
+def _w4a16_gptq_asym_modifiers() -> list:
+    """GPTQ, asymmetric 4-bit groups: a zero point per group (W4A16_ASYM, group size 64)."""
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    return [GPTQModifier(config_groups=_w4a16_groups(False), ignore=["lm_head"])]
+
+
+def _w4a16_awq_modifiers() -> list:
+    """AWQ: scale salient input channels (smoothing into the previous layer), then asymmetric
+    round-to-nearest 4-bit groups."""
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+
+    return [
+        AWQModifier(),
+        QuantizationModifier(config_groups=_w4a16_groups(False), ignore=["lm_head"]),
+    ]
+
+
 @dataclass(frozen=True)
 class Recipe:
     modifiers: Callable[[], list]
@@ -109,6 +145,17 @@ RECIPES: dict[str, Recipe] = {
     ),
     "fp8-tensor": Recipe(
         _fp8_tensor_modifiers, False, "fp8 per-tensor weights (a scale per q/k/v), fp8 tokens"
+    ),
+    "w4a16-gptq": Recipe(
+        _w4a16_gptq_modifiers, True, "GPTQ W4A16: symmetric int4 weights, groups of 64"
+    ),
+    "w4a16-gptq-asym": Recipe(
+        _w4a16_gptq_asym_modifiers,
+        True,
+        "GPTQ W4A16_ASYM: int4 weights + zero points, groups of 64",
+    ),
+    "w4a16-awq": Recipe(
+        _w4a16_awq_modifiers, True, "AWQ + int4 weights with zero points, groups of 64"
     ),
 }
 
