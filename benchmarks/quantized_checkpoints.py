@@ -25,6 +25,7 @@ which reads what these write.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -190,11 +191,16 @@ def _save_smollm2(path: Path) -> None:
     from vllm_mini.transformers_utils.default_model import find_default_gguf, prepare_default_model
 
     gguf = find_default_gguf()
-    model = AutoModelForCausalLM.from_pretrained(
+    loaded = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
-    if hasattr(model.config, "quantization_config"):  # the GGUF's, not true of the float copy
-        del model.config.quantization_config
+    # transformers refuses to save a model it loaded "quantized with gguf": copy the dequantized
+    # weights into a plain model built from the same config, minus the GGUF's quantization_config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(path, safe_serialization=True)  # tied: no lm_head.weight is written
     AutoTokenizer.from_pretrained(prepare_default_model()).save_pretrained(path)
 
@@ -257,6 +263,14 @@ def quantized_checkpoint(recipe: str, model: str = "smollm2") -> Path:
     """The checkpoint `recipe` makes from `model`, produced on first use (cached)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {list(RECIPES)}; got {recipe!r}")
+    lock_path = cache_root() / "quantized" / ".lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one producer at a time (parallel test sessions)
+        return _produce(recipe, model)
+
+
+def _produce(recipe: str, model: str) -> Path:
     name = recipe if model == "smollm2" else f"{recipe}-{model}"
     out = cache_root() / "quantized" / name
     stamp = out / ".vllm_mini_recipe.json"

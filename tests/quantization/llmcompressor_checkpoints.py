@@ -1,0 +1,25 @@
+"""Checkpoints written by llm-compressor itself, for tests that compare against the real format.
+
+benchmarks/quantized_checkpoints.py makes them in its own venv (built on first use: a few
+minutes; each tiny checkpoint then takes under a minute) and caches them under
+~/.cache/vllm_mini/quantized/, so only the first session pays. Tests that use these are marked
+slow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "quantized_checkpoints.py"
+
+
+def llmcompressor_checkpoint(recipe: str, model: str = "tiny") -> Path:
+    """The directory of `recipe` applied to `model` ("tiny" or "smollm2"), made if missing."""
+    cmd = [sys.executable, str(SCRIPT), recipe, "--model", model]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
