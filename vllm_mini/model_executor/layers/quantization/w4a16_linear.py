@@ -7,12 +7,11 @@ into the canonical `Int4Weight` (utils/w4a16_formats.py) and calls `finish_loadi
 repacks into the kernels' layout (utils/w4a16_layout.py) and drops the checkpoint tensors.
 `w4a16_linear` then computes y = x @ W^T on whichever kernel the device has:
 
-- CPU: the C++ kernel (cpu_w4a16.py), which dequantizes each 4-bit group as it streams it. A
-  decode step reads 8x fewer weight bytes than float32, which is what makes it faster.
-- Prefill-sized batches on CPU: the weight is dequantized once per call into a float matrix
-  and multiplied with MKL's GEMM. With many rows the product is bound by arithmetic, not
-  memory, and MKL's blocked GEMM beats our dequantize-as-you-go loop (measured; see
-  PREFILL_ROWS).
+- CPU: the C++ kernel (cpu_w4a16.py), which dequantizes each 4-bit group as it streams it,
+  for every batch size. A decode step reads 8x fewer weight bytes than float32, which is what
+  makes it faster. (Dequantizing the whole weight per call and handing it to MKL's GEMM was
+  tried for prefill-sized batches: 5-100x slower than the kernel on SmolLM2's shapes, even at
+  512 rows, because writing the float matrix costs more than the product saves.)
 - CUDA: the Triton kernel (triton_w4a16.py).
 - No kernel built: the torch reference (dequantize, then F.linear): slow but correct.
 
@@ -37,10 +36,6 @@ from vllm_mini.model_executor.layers.quantization.utils.w4a16_layout import (
     dequantize_kernel_weights,
     pack_for_kernel,
 )
-
-# From this many rows on, the CPU path dequantizes the whole weight and calls MKL instead of
-# the 4-bit kernel (prefill); below it, the kernel's smaller memory traffic wins (decode).
-PREFILL_ROWS = 64
 
 
 def add_param(
@@ -96,18 +91,24 @@ def same_for_every_shard_loader(method: str, layer: nn.Module) -> Callable:
 
 
 def finish_loading(layer: nn.Module, weight: Int4Weight, method: str, names: list[str]) -> None:
-    """Repack the canonical weight for the kernels, drop the checkpoint's tensors `names`."""
+    """Repack the canonical weight for the kernels, drop the checkpoint's tensors `names`.
+
+    The kernel tensors become parameters `w4a16_qweight`, `w4a16_scales`, `w4a16_zero_scales`
+    (so counting a model's parameter bytes counts what a decode step reads); `layer.w4a16`
+    bundles them, with the act-order permutation, for `w4a16_linear`.
+    """
     device = getattr(layer, names[0]).device
     kw = pack_for_kernel(weight, method)
     for name in names:
         delattr(layer, name)
+    tensors = {}
+    for name in ("qweight", "scales", "zero_scales"):
+        param = nn.Parameter(getattr(kw, name).to(device), requires_grad=False)
+        layer.register_parameter(f"w4a16_{name}", param)
+        tensors[name] = param.data
+    perm = None if kw.perm is None else kw.perm.to(device)
     layer.w4a16 = W4A16KernelWeights(
-        kw.qweight.to(device),
-        kw.scales.to(device),
-        kw.zero_scales.to(device),
-        None if kw.perm is None else kw.perm.to(device),
-        kw.out_features,
-        kw.group_size,
+        **tensors, perm=perm, out_features=kw.out_features, group_size=kw.group_size
     )
 
 
@@ -122,13 +123,11 @@ def w4a16_linear(
         from vllm_mini.model_executor.layers.quantization.triton_w4a16 import w4a16_gemm_triton
 
         y = w4a16_gemm_triton(x2, kw)
-    elif CPU_KERNEL_AVAILABLE and x2.shape[0] < PREFILL_ROWS:
+    elif CPU_KERNEL_AVAILABLE:
         y = w4a16_gemm_cpu(x2, kw)
-    else:
+    else:  # the torch reference: dequantize (columns back in checkpoint order), F.linear
         w = dequantize_kernel_weights(kw).to(x.dtype)
-        if kw.perm is not None:  # dequantize_kernel_weights undid the sort: use x as given
-            x2 = x.reshape(-1, x.shape[-1])
-        return _finish(torch.nn.functional.linear(x2, w, bias), x)
+        return _finish(torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), w, bias), x)
     if y.shape[1] != kw.out_features:  # padding columns of the kernel layout
         y = y[:, : kw.out_features]
     if bias is not None:
