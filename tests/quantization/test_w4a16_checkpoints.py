@@ -1,0 +1,101 @@
+"""W4A16 checkpoints from the real tool (llm-compressor) and their GPTQ/AWQ conversions.
+
+Fast tests use a synthetic compressed-tensors checkpoint: converting it to GPTQ and AWQ
+(benchmarks/convert_w4a16_checkpoint.py) must not change a single logit, since the codes are
+the same. Slow tests use llm-compressor's own W4A16 checkpoints (GPTQ and AWQ modifiers, made
+once in the tool venv by benchmarks/quantized_checkpoints.py): our logits must match HF
+transformers loading the same checkpoint (in the tool venv, where the compressed-tensors
+package decompresses it), and their converted GPTQ/AWQ copies must match ours.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_checkpoint
+from tests.models.test_hf_parity import _run
+from tests.quantization.w4a16_checkpoints import write_w4a16_checkpoint
+from vllm_mini.engine.arg_utils import EngineArgs
+from vllm_mini.model_executor.model_loader import get_model
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "convert_w4a16_checkpoint", REPO / "benchmarks" / "convert_w4a16_checkpoint.py"
+)
+convert_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(convert_module)
+convert = convert_module.convert
+
+
+def _logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
+    config = EngineArgs(
+        model=str(path), dtype="float32", attention_backend="naive"
+    ).create_engine_config()
+    return _run(get_model(config), ids, 0, len(ids))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_and_awq_conversions_give_the_same_logits(tmp_path, symmetric):
+    src = make_tiny_checkpoint(tmp_path / "float", "llama")
+    ct = write_w4a16_checkpoint(src, tmp_path / "ct", "compressed-tensors", 32, symmetric)
+    ids = torch.randint(3, 384, (9,), generator=torch.Generator().manual_seed(4))
+    expected = _logits(ct, ids)
+    for fmt in ("gptq", "awq"):
+        out = convert(ct, tmp_path / fmt, fmt)
+        qc = json.loads((out / "config.json").read_text())["quantization_config"]
+        assert qc["quant_method"] == fmt and "compressed-tensors" in qc["converted_from"]
+        torch.testing.assert_close(_logits(out, ids), expected, atol=1e-5, rtol=0)
+
+
+def test_conversion_refuses_a_checkpoint_that_is_not_w4a16(tmp_path):
+    src = make_tiny_checkpoint(tmp_path / "float", "llama")
+    with pytest.raises(ValueError, match="convert: the source must be a compressed-tensors"):
+        convert(src, tmp_path / "out", "gptq")
+
+
+# ---- checkpoints made by llm-compressor (slow: made once, then cached) -------------------------
+
+HF_PEER = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+ids = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model(ids.unsqueeze(0)).logits[0], sys.argv[3])
+"""
+
+
+def hf_logits_in_tool_venv(path: Path, ids: torch.Tensor, tmp_path: Path) -> torch.Tensor:
+    """HF transformers' logits for a compressed-tensors checkpoint (tool venv: transformers
+    with the compressed-tensors package, which decompresses pack-quantized weights)."""
+    from benchmarks.quantized_checkpoints import ensure_tool_venv
+
+    python = ensure_tool_venv()
+    torch.save(ids, tmp_path / "ids.pt")
+    cmd = [str(python), "-c", HF_PEER, str(path), str(tmp_path / "ids.pt"), str(tmp_path / "o.pt")]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return torch.load(tmp_path / "o.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["w4a16-gptq", "w4a16-gptq-asym", "w4a16-awq"])
+def test_llmcompressor_w4a16_logits_match_hf_and_the_converted_formats(recipe, tmp_path):
+    from tests.quantization.llmcompressor_checkpoints import llmcompressor_checkpoint
+
+    path = llmcompressor_checkpoint(recipe, "tiny")
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "pack-quantized"
+    ids = torch.randint(3, 512, (16,), generator=torch.Generator().manual_seed(5))
+    ours = _logits(path, ids)
+    expected = hf_logits_in_tool_venv(path, ids, tmp_path)
+    assert expected.std() > 0.1
+    torch.testing.assert_close(ours, expected, atol=1e-3, rtol=0)
+    for fmt in ("gptq", "awq"):
+        converted = convert(path, tmp_path / fmt, fmt)
+        torch.testing.assert_close(_logits(converted, ids), ours, atol=1e-5, rtol=0)
