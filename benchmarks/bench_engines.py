@@ -6,7 +6,7 @@ call over all requests (throughput) or over one request (batch-1 decode: output 
 the prompt's prefill included, as in latency.py), after a short warm-up outside the timer, greedy
 and ignore_eos so every engine produces exactly the requested number of tokens. The module must
 import under each peer's python (no vllm_mini there), so engine imports stay inside functions.
-Prints one JSON line: {"tok_s": median, "runs": [...], "tokens": n}.
+Prints one JSON line: {"tok_s": median, "runs": [...], "tokens": n, "load": 1-min load average}.
 
     <python> benchmarks/bench_engines.py ENGINE --workload W.json --mode throughput|batch1 \
         [--dtype float32|bfloat16|auto] [--model PATH] [--hf-batch-size 16] [--repeats 3]
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -107,8 +108,6 @@ def make_hf(args: argparse.Namespace) -> Runner:
 def make_llamacpp(args: argparse.Namespace) -> Runner:
     """llama-cpp-python's Llama holds one sequence: requests run one after another. Its low-level
     `generate` never stops at EOS (that check lives in create_completion): ignore_eos for free."""
-    import os
-
     from llama_cpp import Llama
 
     threads = os.cpu_count() or 1
@@ -150,6 +149,7 @@ def main() -> None:
     runs = [run(work["prompts"], work["out_lens"]) for _ in range(args.repeats)]
     rates = [tokens / seconds for seconds, tokens in runs]
     record = {"tok_s": statistics.median(rates), "runs": rates, "tokens": runs[0][1]}
+    record["load"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
     print(json.dumps(record), flush=True)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import platform
 import subprocess
 import sys
 import tempfile
@@ -123,34 +124,34 @@ def run_all(rows: list[Row], paths: dict[str, str], repeats: dict[str, int]):
                 continue
             result = run_peer(python, cell_args(row, cell, paths, repeats), env=env)
             results[(row.label, cell)] = result
-            shown = f"{result.data['tok_s']:.1f} tok/s" if result.ok else result.missing
+            shown = result.missing
+            if result.ok:
+                shown = f"{result.data['tok_s']:.1f} tok/s (load {result.data.get('load', 0):.1f})"
             print(f"  {cell:16} {row.label:36} {shown}", flush=True)
     return results
 
 
-def machine_line(note: str) -> str:
+def machine_line(note: str, results: dict[tuple[str, str], PeerResult]) -> str:
+    """Date, commit, CPU, torch, and how busy the shared machine was while the cells ran."""
     commit = subprocess.run(
         ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    cpu = (
-        next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            "unknown CPU",
-        )
-        if Path("/proc/cpuinfo").exists()
-        else "unknown CPU"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        cpu = f"{len(names)}× {names[0].split(':', 1)[1].strip()}" if names else cpu
+    loads = [r.data["load"] for r in results.values() if r.ok and "load" in r.data]
+    busy = (
+        f"1-min load average {min(loads):.1f}-{max(loads):.1f} at the end of the cells"
+        if loads
+        else ""
     )
     import torch
 
     return (
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, {cpu}, "
-        f"torch {torch.__version__}, load average at the end {' '.join(load)}"
-        + (f"; {note}" if note else "")
+        f"torch {torch.__version__}, {busy}" + (f"; {note}" if note else "")
     )
 
 
@@ -211,7 +212,7 @@ def main() -> None:
     tables = render_tables(rows, results)
     section = (
         "\n## Side by side — `benchmarks/compare.py`\n\n"
-        f"{machine_line(args.note)}. {desc}. Ratio in brackets: vllm_mini ÷ that engine "
+        f"{machine_line(args.note, results)}. {desc}. Ratio in brackets: vllm_mini ÷ that engine "
         "(> 1: vllm_mini is faster); the Q4_1 table's reference is vllm_mini's GGUF row.\n\n"
         f"{tables}\n"
     )
