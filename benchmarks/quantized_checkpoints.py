@@ -33,7 +33,8 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ TORCH_PIN = "torch==2.13.0"
 MODELS = ("smollm2", "tiny")
 CALIBRATION_SAMPLES = 64
 CALIBRATION_TOKENS = 256
+STAMP = ".vllm_mini_recipe.json"  # written last: its presence means the checkpoint is complete
 
 
 def cache_root() -> Path:
@@ -263,30 +265,45 @@ def quantized_checkpoint(recipe: str, model: str = "smollm2") -> Path:
     """The checkpoint `recipe` makes from `model`, produced on first use (cached)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {list(RECIPES)}; got {recipe!r}")
-    lock_path = cache_root() / "quantized" / ".lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one producer at a time (parallel test sessions)
+    out = _output_dir(recipe, model)
+    if (out / STAMP).exists():
+        return out
+    with _locked(f".{out.name}.lock"):  # a second session waits for this checkpoint, not others
         return _produce(recipe, model)
 
 
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """An exclusive file lock under the cache (parallel test sessions, other engineers)."""
+    path = cache_root() / "quantized" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _output_dir(recipe: str, model: str) -> Path:
+    return cache_root() / "quantized" / (recipe if model == "smollm2" else f"{recipe}-{model}")
+
+
 def _produce(recipe: str, model: str) -> Path:
-    name = recipe if model == "smollm2" else f"{recipe}-{model}"
-    out = cache_root() / "quantized" / name
-    stamp = out / ".vllm_mini_recipe.json"
+    out = _output_dir(recipe, model)
+    name = out.name
+    stamp = out / STAMP
     if stamp.exists():
         return out
-    src = source_model(model)
-    python = ensure_tool_venv()
+    with _locked(".setup.lock"):  # the source models and the venv are shared by every recipe
+        src = source_model(model)
+        python = ensure_tool_venv()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     cmd = [str(python), __file__, recipe, "--inside", "--src", str(src), "--out", str(tmp)]
     subprocess.run(cmd, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     seconds = time.perf_counter() - start
-    info = json.loads((tmp / ".vllm_mini_recipe.json").read_text())
+    info = json.loads((tmp / STAMP).read_text())
     info["seconds"] = round(seconds, 1)
-    (tmp / ".vllm_mini_recipe.json").write_text(json.dumps(info, indent=2))
+    (tmp / STAMP).write_text(json.dumps(info, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     print(f"{name}: produced in {seconds:.0f} s", file=sys.stderr)
@@ -345,7 +362,7 @@ def _run_inside(recipe_name: str, src: Path, out: Path) -> None:
     info = {"recipe": recipe_name, "description": recipe.description, "versions": versions}
     if recipe.calibrate:
         info["calibration"] = f"{CALIBRATION_SAMPLES} x {CALIBRATION_TOKENS} tokens of pydoc topics"
-    (out / ".vllm_mini_recipe.json").write_text(json.dumps(info, indent=2))
+    (out / STAMP).write_text(json.dumps(info, indent=2))
 
 
 def main() -> None:
