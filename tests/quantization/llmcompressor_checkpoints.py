@@ -8,9 +8,12 @@ slow.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "quantized_checkpoints.py"
@@ -23,3 +26,17 @@ def llmcompressor_checkpoint(recipe: str, model: str = "tiny") -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def smollm2_checkpoint_or_skip(recipe: str) -> Path:
+    """SmolLM2 quantized by `recipe`, if already cached (or VLLM_MINI_TEST_LLMCOMPRESSOR_SMOLLM2=1
+    asks to make it: calibrated recipes take tens of minutes on 2 cores); else skip."""
+    root = os.environ.get("VLLM_MINI_CACHE_DIR") or Path.home() / ".cache" / "vllm_mini"
+    cached = Path(root) / "quantized" / recipe / ".vllm_mini_recipe.json"
+    if not (cached.exists() or os.environ.get("VLLM_MINI_TEST_LLMCOMPRESSOR_SMOLLM2")):
+        pytest.skip(
+            f"SmolLM2 {recipe} is not cached: run `.venv/bin/python "
+            f"benchmarks/quantized_checkpoints.py {recipe}` or set "
+            "VLLM_MINI_TEST_LLMCOMPRESSOR_SMOLLM2=1"
+        )
+    return llmcompressor_checkpoint(recipe, "smollm2")
