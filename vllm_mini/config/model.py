@@ -30,6 +30,13 @@ _STR_TO_DTYPE = {
 
 @dataclass
 class ModelConfig:
+    """The model to run and how: source, dtype, length limit, quantization method.
+
+    GGUF models: with dtype="auto" (the default) a .gguf file runs the `gguf` quantization method,
+    its weights kept as the file's quantized blocks and float32 activations. To run it the old
+    way, dequantized to plain float weights, name a float dtype: dtype="float32" (or "bfloat16").
+    """
+
     model: str | None = None
     dtype: str | torch.dtype = "auto"
     seed: int = 0
@@ -41,7 +48,9 @@ class ModelConfig:
     # here too; CompilationConfig.resolve reads it). Stage 6.
     enforce_eager: bool = False
     # The quantization method (stage 7): a name from vllm_mini.model_executor.layers.quantization,
-    # or None to take the checkpoint's own `quantization_config` (if it has one).
+    # or None to take the checkpoint's own `quantization_config` (if it has one). A .gguf model
+    # with dtype="auto" runs "gguf" (its blocks stay quantized, float32 activations); an explicit
+    # float dtype (dtype="float32" or "bfloat16") with quantization=None loads it dequantized.
     quantization: str | None = None
     # Filled in __post_init__.
     source: ModelSource = field(init=False)
@@ -53,8 +62,13 @@ class ModelConfig:
         self.hf_config = get_hf_config(self.source)
         if not self.served_model_name:
             self.served_model_name = self.model
+        dtype_is_auto = self.dtype == "auto"
         self.dtype = self._resolve_dtype(self.dtype)
         self.quantization = self._resolve_quantization(self.quantization)
+        if self.quantization is None and dtype_is_auto and self.source.gguf_file is not None:
+            # A GGUF file is already quantized: run its blocks (4-8x fewer bytes per token than
+            # dequantized float32). Asking for a float dtype keeps the dequantized path.
+            self.quantization = "gguf"
         self.max_model_len = self._resolve_max_model_len(self.max_model_len)
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")

@@ -45,7 +45,8 @@ _HELP = {
     "device": "auto, cpu or cuda",
     "disable_log_stats": "do not log engine stats every few seconds",
     "quantization": "weight quantization method (gguf, fp8, compressed-tensors, gptq, awq); "
-    "default: the checkpoint's own",
+    "default: the checkpoint's own, and gguf for a .gguf model with --dtype auto (pass --dtype "
+    "float32 to run a .gguf model dequantized)",
     "enforce_eager": "never compile the model or capture CUDA graphs",
     "compilation_config": "an int mode (0 none, 1 torch.compile, 3 vllm_mini) or a JSON dict "
     "with mode, cudagraph_mode, cudagraph_capture_sizes, cache_dir",

@@ -10,7 +10,10 @@ Two things to know about a llama GGUF:
   ADJACENT pairs of dimensions, matches HF's, which rotates dimension i with i + d/2. We undo that
   permutation so the weights equal the original HF checkpoint's.
 Quantized blocks (e.g. Q4_1: 32 weights share a float16 scale and minimum, each weight is 4 bits)
-are expanded by `gguf.quants.dequantize`. The GGUF's config is read by
+are expanded by `gguf.quants.dequantize`, unless the model runs the `gguf` quantization method
+(stage 7, layers/quantization/gguf.py): then each 2-D tensor is yielded as its raw blocks,
+`<name>.qweight` (uint8 [rows, bytes_per_row]) and `<name>.qweight_type` (the ggml type), and the
+q/k row permutation moves whole rows of blocks. The GGUF's config is read by
 transformers_utils/gguf_utils.py (config resolution needs it before any weight is loaded).
 """
 
@@ -72,8 +75,13 @@ def gguf_weights_iterator(
     gguf_path: str | Path,
     dtype: torch.dtype = torch.float32,
     hf_config: PretrainedConfig | None = None,
+    keep_blocks: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, dequantized tensor) pairs; pass hf_config to skip re-reading the metadata."""
+    """(HF name, dequantized tensor) pairs; pass hf_config to skip re-reading the metadata.
+
+    keep_blocks=True (the `gguf` quantization method): 2-D tensors come as their raw blocks,
+    (name.qweight, uint8 [rows, bytes_per_row]) then (name.qweight_type, 0-d ggml type).
+    """
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -85,9 +93,37 @@ def gguf_weights_iterator(
         hf_name = gguf_name_to_hf(tensor.name)
         # GGUF lists dims fastest-first (ggml order); numpy wants them the other way round.
         shape = [int(d) for d in reversed(tensor.shape.tolist())]
+        if keep_blocks and len(shape) == 2:
+            yield from _raw_blocks(tensor, hf_name, shape, n_head, n_kv_head)
+            continue
         array = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
         if hf_name.endswith("q_proj.weight"):
             array = reverse_permute_qk(array, n_head)
         elif hf_name.endswith("k_proj.weight"):
             array = reverse_permute_qk(array, n_kv_head)
         yield hf_name, torch.from_numpy(np.array(array, dtype=np.float32)).to(dtype)
+
+
+def _raw_blocks(
+    tensor, hf_name: str, shape: list[int], n_head: int, n_kv_head: int
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """One 2-D GGUF tensor as (name.qweight, [rows, bytes] uint8), (name.qweight_type, type)."""
+    from vllm_mini.model_executor.layers.quantization.utils.gguf_quants import GGML_TYPES
+
+    type_id = int(tensor.tensor_type)
+    if type_id not in GGML_TYPES:
+        supported = ", ".join(t.name for t in GGML_TYPES.values())
+        raise ValueError(
+            f"gguf: tensor {tensor.name} has type {tensor.tensor_type.name}, supported: "
+            f"{supported} (dtype='float32' loads it dequantized instead)"
+        )
+    # The reader gives quantized tensors as [rows, bytes] uint8 and float ones as [rows, cols]
+    # floats; both become one row of bytes per output row.
+    blocks = np.ascontiguousarray(tensor.data).view(np.uint8).reshape(shape[0], -1)
+    if hf_name.endswith("q_proj.weight"):
+        blocks = reverse_permute_qk(blocks, n_head)  # whole rows move: blocks never straddle rows
+    elif hf_name.endswith("k_proj.weight"):
+        blocks = reverse_permute_qk(blocks, n_kv_head)
+    base = hf_name.removesuffix(".weight")
+    yield f"{base}.qweight", torch.from_numpy(np.array(blocks, dtype=np.uint8))
+    yield f"{base}.qweight_type", torch.tensor(type_id)

@@ -32,6 +32,11 @@ def _weights_iterator(vllm_config: VllmConfig) -> Iterator[tuple[str, torch.Tens
     fmt = vllm_config.load_config.load_format
     source = model_config.source
     if fmt == "dummy":
+        if model_config.quantization == "gguf":
+            raise ValueError(
+                "quantization='gguf' runs the GGUF file's blocks; load_format='dummy' has none: "
+                "pass dtype='float32' (or bfloat16) for dummy float weights"
+            )
         return None
     if source.gguf_file is not None:
         if fmt not in ("auto", "gguf"):
@@ -39,7 +44,10 @@ def _weights_iterator(vllm_config: VllmConfig) -> Iterator[tuple[str, torch.Tens
         from vllm_mini.model_executor.model_loader.gguf_loader import gguf_weights_iterator
 
         return gguf_weights_iterator(
-            source.gguf_file, dtype=model_config.dtype, hf_config=model_config.hf_config
+            source.gguf_file,
+            dtype=model_config.dtype,
+            hf_config=model_config.hf_config,
+            keep_blocks=model_config.quantization == "gguf",
         )
     if fmt == "gguf":
         raise ValueError("load_format='gguf' needs a .gguf model file")
