@@ -9,7 +9,7 @@ import under each peer's python (no vllm_mini there), so engine imports stay ins
 Prints one JSON line: {"tok_s": median, "runs": [...], "tokens": n, "load": 1-min load average}.
 
     <python> benchmarks/bench_engines.py ENGINE --workload W.json --mode throughput|batch1 \
-        [--dtype float32|bfloat16|auto] [--model PATH] [--hf-batch-size 16] [--repeats 3]
+        [--dtype float32|bfloat16|auto] [--model PATH] [--hf-batch-size 16] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def make_llamacpp(args: argparse.Namespace) -> Runner:
     `generate` never stops at EOS (that check lives in create_completion): ignore_eos for free."""
     from llama_cpp import Llama
 
-    threads = os.cpu_count() or 1
+    threads = args.threads or os.cpu_count() or 1
     llm = Llama(
         model_path=args.model, n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False
     )
@@ -142,7 +142,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="GGUF or HF dir (default: the engine's)")
     parser.add_argument("--hf-batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="0: every core")
     args = parser.parse_args()
+    if args.threads and args.engine in ("vllm_mini", "hf"):
+        import torch
+
+        torch.set_num_threads(args.threads)  # vLLM takes its threads from VLLM_CPU_OMP_* (peers.py)
 
     work = json.loads(Path(args.workload).read_text())[args.mode]
     run = ENGINES[args.engine](args)

@@ -61,12 +61,16 @@ ROWS = [
 ROW_KEYS = {"vllm_mini": 0, "vllm": 1, "hf16": 2, "hf8": 3, "gguf": 4, "llamacpp": 5}
 
 
-def cell_args(row: Row, cell: str, paths: dict[str, str], repeats: dict[str, int]) -> list[str]:
+def cell_args(
+    row: Row, cell: str, paths: dict[str, str], repeats: dict[str, int], threads: int = 0
+) -> list[str]:
     """bench_engines.py arguments for one cell of one row."""
     mode = "throughput" if cell.startswith("throughput") else "batch1"
     dtype = {"fp32": "float32", "bf16": "bfloat16", "Q4_1": "auto"}[cell.split()[-1]]
     argv = [str(HERE / "bench_engines.py"), row.engine, "--workload", paths["workload"]]
     argv += ["--mode", mode, "--dtype", dtype, "--repeats", str(repeats[mode])]
+    if threads:
+        argv += ["--threads", str(threads)]
     if row.engine == "vllm":
         argv += ["--model", paths["hf_dir"]]
     elif row.engine == "llamacpp":
@@ -112,17 +116,17 @@ def render_tables(rows: list[Row], results: dict[tuple[str, str], PeerResult]) -
     return "\n\n".join(parts)
 
 
-def run_all(rows: list[Row], paths: dict[str, str], repeats: dict[str, int]):
+def run_all(rows: list[Row], paths: dict[str, str], repeats: dict[str, int], threads: int = 0):
     """Every cell, engines taking turns cell by cell (so load from other jobs hits all alike)."""
     results: dict[tuple[str, str], PeerResult] = {}
     for cell in FLOAT_CELLS + Q4_CELLS:
         for row in (r for r in rows if cell in r.cells):
             python = sys.executable if row.venv is None else venv_python(row.venv)
-            env = peer_env(row.venv) if row.venv else None
+            env = peer_env(row.venv, threads)
             if row.venv and not has_peer(row.venv):
                 results[(row.label, cell)] = PeerResult(missing="absent")
                 continue
-            result = run_peer(python, cell_args(row, cell, paths, repeats), env=env)
+            result = run_peer(python, cell_args(row, cell, paths, repeats, threads), env=env)
             results[(row.label, cell)] = result
             shown = result.missing
             if result.ok:
@@ -166,6 +170,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats-throughput", type=int, default=1)
     parser.add_argument("--repeats-batch1", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="cores per engine (0: all)")
     parser.add_argument("--skip", default="", help=f"comma list of {', '.join(ROW_KEYS)}")
     parser.add_argument("--no-build", action="store_true", help="never build a missing peer")
     parser.add_argument("--serve", action="store_true", help="also the serving comparison")
@@ -205,10 +210,11 @@ def main() -> None:
         f"({sum(map(len, prompts))} in all), outputs {args.output_range[0]}-"
         f"{args.output_range[1]} ({sum(out_lens)} in all), seed {args.seed}; batch-1: prompt "
         f"{args.batch1[0]}, output {args.batch1[1]}; median of {args.repeats_batch1} batch-1 "
-        f"runs, {args.repeats_throughput} throughput run(s); output tok/s"
+        f"runs, {args.repeats_throughput} throughput run(s); "
+        f"{args.threads or 'all'} thread(s) per engine; output tok/s"
     )
     print("workload:", desc, flush=True)
-    results = run_all(rows, paths, repeats)
+    results = run_all(rows, paths, repeats, args.threads)
     tables = render_tables(rows, results)
     section = (
         "\n## Side by side — `benchmarks/compare.py`\n\n"

@@ -83,15 +83,18 @@ def build_peer(name: str) -> None:
         subprocess.run(cmd, check=True, env={**os.environ, **extra_env})
 
 
-def peer_env(name: str) -> dict[str, str]:
-    """Environment a peer runs under. vLLM's CPU backend otherwise reserves one of our two cores
-    for its front end and pins nothing; it wants Intel's OpenMP (bundled in its venv) preloaded."""
+def peer_env(name: str | None, threads: int = 0) -> dict[str, str]:
+    """Environment a peer (None: .venv) runs under, on `threads` cores (0: all). vLLM's CPU
+    backend otherwise reserves one of our two cores for its front end; it wants Intel's OpenMP
+    (bundled in its venv) preloaded."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    ncpu = threads or os.cpu_count() or 1
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if name == "vllm":
-        ncpu = os.cpu_count() or 1
         env.update(
-            VLLM_CPU_OMP_THREADS_BIND=f"0-{ncpu - 1}",
+            VLLM_CPU_OMP_THREADS_BIND="0" if ncpu == 1 else f"0-{ncpu - 1}",
             VLLM_CPU_NUM_OF_RESERVED_CPU="0",
             VLLM_CPU_KVCACHE_SPACE="4",  # GiB
         )
