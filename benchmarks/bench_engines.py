@@ -6,10 +6,11 @@ call over all requests (throughput) or over one request (batch-1 decode: output 
 the prompt's prefill included, as in latency.py), after a short warm-up outside the timer, greedy
 and ignore_eos so every engine produces exactly the requested number of tokens. The module must
 import under each peer's python (no vllm_mini there), so engine imports stay inside functions.
-Prints one JSON line: {"tok_s": median, "runs": [...], "tokens": n, "load": 1-min load average}.
+One process serves every mode asked (loading a model costs minutes on a busy machine). Prints one
+JSON line: {mode: {"tok_s": median, "runs": [...], "tokens": n, "load": 1-min load average}}.
 
     <python> benchmarks/bench_engines.py ENGINE --workload W.json --mode throughput|batch1 \
-        [--dtype float32|bfloat16|auto] [--model PATH] [--hf-batch-size 16] [--repeats 3] [--threads 1]
+        [--dtype float32|bfloat16|auto] [--model PATH] [--hf-batch-size 16] [--repeats 1,3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -137,11 +138,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("engine", choices=sorted(ENGINES))
     parser.add_argument("--workload", required=True, help="JSON written by compare.py")
-    parser.add_argument("--mode", choices=["throughput", "batch1"], required=True)
+    parser.add_argument("--modes", default="throughput,batch1", help="comma list")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--model", default=None, help="GGUF or HF dir (default: the engine's)")
     parser.add_argument("--hf-batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", default="1,3", help="runs per mode, comma list")
     parser.add_argument("--threads", type=int, default=0, help="0: every core")
     args = parser.parse_args()
     if args.threads and args.engine in ("vllm_mini", "hf"):
@@ -149,13 +150,16 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)  # vLLM takes its threads from VLLM_CPU_OMP_* (peers.py)
 
-    work = json.loads(Path(args.workload).read_text())[args.mode]
-    run = ENGINES[args.engine](args)
-    runs = [run(work["prompts"], work["out_lens"]) for _ in range(args.repeats)]
-    rates = [tokens / seconds for seconds, tokens in runs]
-    record = {"tok_s": statistics.median(rates), "runs": rates, "tokens": runs[0][1]}
-    record["load"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
-    print(json.dumps(record), flush=True)
+    workload = json.loads(Path(args.workload).read_text())
+    run = ENGINES[args.engine](args)  # loaded once, timed for every mode asked
+    records = {}
+    for mode, repeats in zip(args.modes.split(","), args.repeats.split(",")):
+        work = workload[mode]
+        runs = [run(work["prompts"], work["out_lens"]) for _ in range(int(repeats))]
+        rates = [tokens / seconds for seconds, tokens in runs]
+        records[mode] = {"tok_s": statistics.median(rates), "runs": rates, "tokens": runs[0][1]}
+        records[mode]["load"] = os.getloadavg()[0]  # the machine is shared: how busy it was
+    print(json.dumps(records), flush=True)
 
 
 if __name__ == "__main__":

@@ -61,14 +61,14 @@ ROWS = [
 ROW_KEYS = {"vllm_mini": 0, "vllm": 1, "hf16": 2, "hf8": 3, "gguf": 4, "llamacpp": 5}
 
 
-def cell_args(
-    row: Row, cell: str, paths: dict[str, str], repeats: dict[str, int], threads: int = 0
+def engine_args(
+    row: Row, dtype: str, paths: dict[str, str], repeats: dict[str, int], threads: int = 0
 ) -> list[str]:
-    """bench_engines.py arguments for one cell of one row."""
-    mode = "throughput" if cell.startswith("throughput") else "batch1"
-    dtype = {"fp32": "float32", "bf16": "bfloat16", "Q4_1": "auto"}[cell.split()[-1]]
+    """bench_engines.py arguments for one row in one dtype: its throughput and batch-1 cells."""
     argv = [str(HERE / "bench_engines.py"), row.engine, "--workload", paths["workload"]]
-    argv += ["--mode", mode, "--dtype", dtype, "--repeats", str(repeats[mode])]
+    argv += ["--dtype", {"fp32": "float32", "bf16": "bfloat16", "Q4_1": "auto"}[dtype]]
+    argv += ["--modes", "throughput,batch1"]
+    argv += ["--repeats", f"{repeats['throughput']},{repeats['batch1']}"]
     if threads:
         argv += ["--threads", str(threads)]
     if row.engine == "vllm":
@@ -117,21 +117,32 @@ def render_tables(rows: list[Row], results: dict[tuple[str, str], PeerResult]) -
 
 
 def run_all(rows: list[Row], paths: dict[str, str], repeats: dict[str, int], threads: int = 0):
-    """Every cell, engines taking turns cell by cell (so load from other jobs hits all alike)."""
+    """Every cell; engines take turns dtype by dtype (so load from other jobs hits all alike)."""
     results: dict[tuple[str, str], PeerResult] = {}
-    for cell in FLOAT_CELLS + Q4_CELLS:
-        for row in (r for r in rows if cell in r.cells):
-            python = sys.executable if row.venv is None else venv_python(row.venv)
-            env = peer_env(row.venv, threads)
+    for dtype in ("fp32", "bf16", "Q4_1"):
+        for row in (r for r in rows if f"batch-1 {dtype}" in r.cells):
+            cells = {"throughput": f"throughput {dtype}", "batch1": f"batch-1 {dtype}"}
             if row.venv and not has_peer(row.venv):
-                results[(row.label, cell)] = PeerResult(missing="absent")
+                results.update(
+                    {(row.label, c): PeerResult(missing="absent") for c in cells.values()}
+                )
                 continue
-            result = run_peer(python, cell_args(row, cell, paths, repeats, threads), env=env)
-            results[(row.label, cell)] = result
-            shown = result.missing
-            if result.ok:
-                shown = f"{result.data['tok_s']:.1f} tok/s (load {result.data.get('load', 0):.1f})"
-            print(f"  {cell:16} {row.label:36} {shown}", flush=True)
+            python = sys.executable if row.venv is None else venv_python(row.venv)
+            argv = engine_args(row, dtype, paths, repeats, threads)
+            both = run_peer(python, argv, env=peer_env(row.venv, threads))
+            for mode, cell in cells.items():
+                result = both
+                if both.ok:
+                    result = (
+                        PeerResult(data=both.data[mode])
+                        if mode in both.data
+                        else PeerResult(missing="no result")
+                    )
+                results[(row.label, cell)] = result
+                shown = result.missing
+                if result.ok:
+                    shown = f"{result.data['tok_s']:.1f} tok/s (load {result.data['load']:.1f})"
+                print(f"  {cell:16} {row.label:36} {shown}", flush=True)
     return results
 
 

@@ -155,14 +155,17 @@ def run_peer(
     except subprocess.TimeoutExpired:
         return PeerResult(missing="timed out")
     lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        print(f"peer {' '.join(argv[:3])} failed (rc {proc.returncode}):", *tail, sep="\n  ")
-        return PeerResult(missing="failed")
-    try:
-        return PeerResult(data=json.loads(lines[-1]))
-    except json.JSONDecodeError:
-        return PeerResult(missing="no result")
+    if proc.returncode == 0:
+        # The JSON line is the engine's last word, though a library may log after it.
+        for line in reversed(lines):
+            if line.startswith("{"):
+                try:
+                    return PeerResult(data=json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    tail = (proc.stderr + proc.stdout).strip().splitlines()[-4:]
+    print(f"peer {' '.join(argv[:2])} gave no result (rc {proc.returncode}):", *tail, sep="\n  ")
+    return PeerResult(missing="failed" if proc.returncode else "no result")
 
 
 def main() -> None:

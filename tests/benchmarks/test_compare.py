@@ -60,7 +60,8 @@ def test_run_peer_never_raises(tmp_path):
     assert peers.run_peer(tmp_path / "no" / "python", ["x.py"]).missing == "absent"
     assert peers.run_peer(sys.executable, ["-c", "raise SystemExit(3)"]).missing == "failed"
     assert peers.run_peer(sys.executable, ["-c", "print('not json')"]).missing == "no result"
-    ok = peers.run_peer(sys.executable, ["-c", "print('log'); print('{\"tok_s\": 2.5}')"])
+    code = "print('log'); print('{\"tok_s\": 2.5}'); print('a library logging at exit')"
+    ok = peers.run_peer(sys.executable, ["-c", code])
     assert ok.ok and ok.data == {"tok_s": 2.5}
 
 
@@ -70,29 +71,32 @@ def test_run_all_marks_absent_peer_venvs_without_running_them(tmp_path, monkeypa
 
     def fake_run_peer(python, argv, env=None, timeout=0):
         ran.append(argv[1])  # the engine name
-        return _ok(10.0)
+        return PeerResult(data={"throughput": {"tok_s": 10.0, "load": 1.0}})  # no batch1
 
     monkeypatch.setattr(compare, "run_peer", fake_run_peer)
     rows = [compare.ROWS[0], compare.ROWS[1], compare.ROWS[5]]  # vllm_mini, vLLM, llama.cpp
     paths = {"workload": "w.json", "gguf": "m.gguf", "hf_dir": "hf"}
     results = compare.run_all(rows, paths, {"throughput": 1, "batch1": 1})
-    assert set(ran) == {"vllm_mini"}
+    assert ran == ["vllm_mini"] * 2  # one process per dtype serves both modes
+    assert results[("vllm_mini", "throughput bf16")].data["tok_s"] == 10.0
+    assert results[("vllm_mini", "batch-1 bf16")].missing == "no result"
     assert results[("vLLM 0.32 CPU", "batch-1 bf16")].missing == "absent"
     assert results[("llama.cpp (Q4_1)", "throughput Q4_1")].missing == "absent"
     table = compare.render_tables(rows, results)
     assert _row(table, "vLLM 0.32 CPU") == ["absent"] * 4
 
 
-def test_cell_arguments_pick_mode_dtype_and_model():
+def test_engine_arguments_pick_dtype_and_model():
     paths = {"workload": "w.json", "gguf": "m.gguf", "hf_dir": "hf"}
     reps = {"throughput": 1, "batch1": 3}
-    argv = compare.cell_args(compare.ROWS[1], "batch-1 bf16", paths, reps)
-    assert argv[1:] == ["vllm", "--workload", "w.json", "--mode", "batch1", "--dtype",
-                        "bfloat16", "--repeats", "3", "--model", "hf"]  # fmt: skip
+    argv = compare.engine_args(compare.ROWS[1], "bf16", paths, reps, threads=1)
+    assert argv[1:] == ["vllm", "--workload", "w.json", "--dtype", "bfloat16", "--modes",
+                        "throughput,batch1", "--repeats", "1,3", "--threads", "1",
+                        "--model", "hf"]  # fmt: skip
     # The GGUF row runs vllm_mini's default path: no dtype forced.
-    argv = compare.cell_args(compare.ROWS[4], "throughput Q4_1", paths, reps)
+    argv = compare.engine_args(compare.ROWS[4], "Q4_1", paths, reps)
     assert argv[argv.index("--dtype") + 1] == "auto" and "--model" not in argv
-    argv = compare.cell_args(compare.ROWS[3], "throughput fp32", paths, reps)
+    argv = compare.engine_args(compare.ROWS[3], "fp32", paths, reps)
     assert argv[-2:] == ["--hf-batch-size", "8"]
 
 
