@@ -84,6 +84,18 @@ def hf_logits_in_tool_venv(path: Path, ids: torch.Tensor, tmp_path: Path) -> tor
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_our_pack_quantized_layout_is_the_one_compressed_tensors_reads(tmp_path, symmetric):
+    """The synthetic writer and our reader agree with the compressed-tensors package itself."""
+    src = make_tiny_checkpoint(tmp_path / "float", "llama")
+    ct = write_w4a16_checkpoint(src, tmp_path / "ct", "compressed-tensors", 32, symmetric)
+    ids = torch.randint(3, 384, (9,), generator=torch.Generator().manual_seed(4))
+    expected = hf_logits_in_tool_venv(ct, ids, tmp_path)
+    assert expected.std() > 0.1
+    torch.testing.assert_close(_logits(ct, ids), expected, atol=1e-3, rtol=0)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["w4a16-gptq", "w4a16-gptq-asym", "w4a16-awq"])
 def test_llmcompressor_w4a16_logits_match_hf_and_the_converted_formats(recipe, tmp_path):
     from tests.quantization.llmcompressor_checkpoints import llmcompressor_checkpoint
@@ -99,3 +111,18 @@ def test_llmcompressor_w4a16_logits_match_hf_and_the_converted_formats(recipe, t
     for fmt in ("gptq", "awq"):
         converted = convert(path, tmp_path / fmt, fmt)
         torch.testing.assert_close(_logits(converted, ids), ours, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_autoawq_checkpoint_matches_hf_on_autoawqs_own_dequantization(tmp_path):
+    """A checkpoint written by AutoAWQ itself (interleaved nibble order, true zeros)."""
+    from benchmarks.autoawq_checkpoints import autoawq_checkpoint, hf_logits
+
+    path = autoawq_checkpoint("tiny")
+    assert (
+        json.loads((path / "config.json").read_text())["quantization_config"]["version"] == "gemm"
+    )
+    ids = torch.randint(3, 512, (16,), generator=torch.Generator().manual_seed(6))
+    expected = hf_logits(path, ids, tmp_path)
+    assert expected.std() > 0.1
+    torch.testing.assert_close(_logits(path, ids), expected, atol=1e-3, rtol=0)

@@ -42,7 +42,7 @@ def quantization_config(fmt: str, group_size: int, symmetric: bool, act_order: b
                "strategy": "channel" if group_size == -1 else "group",
                "group_size": None if group_size == -1 else group_size}  # fmt: skip
     return {"quant_method": "compressed-tensors", "format": "pack-quantized",
-            "ignore": ["lm_head"],
+            "ignore": ["lm_head"], "quantization_status": "compressed",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}}  # fmt: skip
 
 

@@ -1,0 +1,152 @@
+"""AWQ checkpoints made by AutoAWQ itself (the tool that defined the `awq` format), cached.
+
+Stage 7. No vLLM counterpart: vLLM users download AutoAWQ checkpoints; we make them here from
+the float models of benchmarks/quantized_checkpoints.py (SmolLM2 or its tiny random Llama).
+AutoAWQ 0.2.9 (its last release; the project now points to llm-compressor) runs on this CPU
+with our transformers, but wants its own venv (`~/.cache/vllm_mini/autoawq-tools/venv`, torch
+2.13.0 first, so pip keeps the pinned one). Its CPU inference path needs Intel's
+extension, so the peer here (`hf_logits`) instead dequantizes the checkpoint with AutoAWQ's own
+unpacking (`awq.utils.packing_utils.dequantize_gemm`) and runs HF transformers' float model:
+an unpacking written by the format's authors, not by us.
+
+    .venv/bin/python benchmarks/autoawq_checkpoints.py --model tiny     # prints the path
+    .venv/bin/python benchmarks/autoawq_checkpoints.py --model smollm2
+
+Calibration: windows of Python's pydoc topics (the same text as quantized_checkpoints.py).
+Next: vllm_mini/model_executor/layers/quantization/awq.py, which loads what this writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantized_checkpoints import TORCH_PIN, cache_root, source_model  # noqa: E402
+
+TOOL_PACKAGES = ["autoawq==0.2.9"]
+QUANT_CONFIG = {"zero_point": True, "q_group_size": 64, "w_bit": 4, "version": "GEMM"}
+CALIBRATION_SAMPLES = 32
+CALIBRATION_TOKENS = 256
+
+
+def tool_python() -> Path:
+    """The AutoAWQ venv's python, built on first use."""
+    venv = cache_root() / "autoawq-tools" / "venv"
+    python = venv / "bin" / "python"
+    stamp = venv / ".vllm_mini_installed"
+    wanted = " ".join([TORCH_PIN, *TOOL_PACKAGES])
+    if stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print(f"building the AutoAWQ venv in {venv} ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, TORCH_PIN], check=True)
+    subprocess.run([*pip, *TOOL_PACKAGES], check=True)
+    check = "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+    subprocess.run([str(python), "-c", check], check=True)
+    stamp.write_text(wanted)
+    return python
+
+
+QUANTIZE = """
+import json, sys, torch
+from pydoc_data.topics import topics
+from awq import AutoAWQForCausalLM
+from transformers import AutoTokenizer
+src, out, cfg, samples, tokens = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+model = AutoAWQForCausalLM.from_pretrained(src, torch_dtype=torch.float32, device_map="cpu")
+tok = AutoTokenizer.from_pretrained(src)
+words = " ".join(topics[k] for k in sorted(topics)).split()
+if tok(" ".join(words[:50]))["input_ids"].count(tok.unk_token_id) > 25:  # the tiny made-up vocab
+    words = [f"w{3 + hash(w) % (tok.vocab_size - 3)}" for w in words]
+step = len(words) // samples
+calib = [" ".join(words[i * step : i * step + tokens]) for i in range(samples)]
+model.quantize(tok, quant_config=cfg, calib_data=calib, max_calib_samples=samples,
+               max_calib_seq_len=tokens, n_parallel_calib_samples=4)
+model.save_quantized(out)
+tok.save_pretrained(out)
+"""
+
+
+def autoawq_checkpoint(model: str = "tiny") -> Path:
+    """AutoAWQ's checkpoint of `model` ("tiny" or "smollm2"), made on first use (cached)."""
+    name = "awq-autoawq" if model == "smollm2" else f"awq-autoawq-{model}"
+    out = cache_root() / "quantized" / name
+    stamp = out / ".vllm_mini_recipe.json"
+    if stamp.exists():
+        return out
+    src = source_model(model)
+    python = tool_python()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
+    args = [src, tmp, json.dumps(QUANT_CONFIG), CALIBRATION_SAMPLES, CALIBRATION_TOKENS]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([str(python), "-c", QUANTIZE, *map(str, args)], check=True, env=env)
+    info = {"tool": TOOL_PACKAGES[0], "quant_config": QUANT_CONFIG,
+            "calibration": f"{CALIBRATION_SAMPLES} x {CALIBRATION_TOKENS} tokens of pydoc topics",
+            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    (tmp / ".vllm_mini_recipe.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+PEER = """
+import json, sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from awq.utils.packing_utils import dequantize_gemm
+from transformers import AutoConfig, AutoModelForCausalLM
+path = Path(sys.argv[1])
+config = AutoConfig.from_pretrained(path)
+group_size = config.quantization_config["group_size"]
+del config.quantization_config
+state = load_file(str(path / "model.safetensors"))
+for name in [n for n in state if n.endswith(".qweight")]:
+    p = name[: -len("qweight")]
+    # float32 scales: the product (q - z) * s then rounds like ours, not in float16
+    w = dequantize_gemm(state.pop(p + "qweight"), state.pop(p + "qzeros"),
+                        state.pop(p + "scales").float(), 4, group_size)  # [in, out]
+    state[p + "weight"] = w.t().contiguous()
+model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+model.load_state_dict(state, strict=False)
+model.tie_weights()
+ids = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model(ids.unsqueeze(0)).logits[0], sys.argv[3])
+"""
+
+
+def hf_logits(path: Path, ids, workdir: Path):
+    """Logits of HF's float model on AutoAWQ's own dequantization of `path` (see docstring)."""
+    import torch
+
+    torch.save(ids, workdir / "ids.pt")
+    cmd = [
+        str(tool_python()),
+        "-c",
+        PEER,
+        str(path),
+        str(workdir / "ids.pt"),
+        str(workdir / "o.pt"),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return torch.load(workdir / "o.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny", choices=["tiny", "smollm2"])
+    print(autoawq_checkpoint(parser.parse_args().model))
+
+
+if __name__ == "__main__":
+    main()
