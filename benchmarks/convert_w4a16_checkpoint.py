@@ -1,13 +1,14 @@
 """Repack a compressed-tensors W4A16 checkpoint into the classic GPTQ or AWQ layout. Stage 7.
 
-No vLLM counterpart. Why it exists: the classic `gptq` and `awq` formats are written by
-AutoGPTQ / gptqmodel / AutoAWQ, and none of them runs here (gptqmodel wants a CUDA build of
-another torch; AutoAWQ needs a transformers older than ours and a GPU for its kernels), while
-llm-compressor (benchmarks/quantized_checkpoints.py) does run on this CPU and writes the same
-GPTQ/AWQ-chosen 4-bit codes in compressed-tensors' `pack-quantized` layout. This script moves
-those codes, unchanged, into the other layouts (vllm_mini/model_executor/layers/quantization/
-utils/w4a16_formats.py documents all three), so every method can load a checkpoint made by a
-real tool. The result is labelled: its quantization_config carries `"converted_from"`.
+No vLLM counterpart. Why it exists: the classic `gptq` format is written by AutoGPTQ, optimum
+and gptqmodel, and none of them runs here (gptqmodel 7.7 pulls torch 2.14.1 with CUDA
+libraries; AutoGPTQ and optimum's GPTQ path need it or a GPU). AWQ's own tool, AutoAWQ, does
+run on this CPU (benchmarks/autoawq_checkpoints.py). llm-compressor (quantized_checkpoints.py)
+runs too and writes GPTQ- or AWQ-chosen 4-bit codes in compressed-tensors' `pack-quantized`
+layout. This script moves those codes, unchanged, into the classic layouts (vllm_mini/
+model_executor/layers/quantization/utils/w4a16_formats.py documents all three), so the `gptq`
+method can load codes chosen by a real GPTQ run. The result is labelled: its
+quantization_config carries `"converted_from"`.
 
     .venv/bin/python benchmarks/convert_w4a16_checkpoint.py SRC DST --format gptq   # or awq
 
