@@ -129,7 +129,9 @@ def show_tensor_parallel_mlp(mlp: LlamaMLP, hidden: int, inter: int, tp: int = 3
 
 def main() -> dict[str, float | bool]:
     """Run the five sections; return what each found (lessons/02's test checks them)."""
-    config = EngineArgs(attention_backend="naive").create_engine_config()
+    # dtype="float32": this lesson's loader dequantizes the GGUF (stage 7's default, the `gguf`
+    # method, would keep the file's quantized blocks instead of float weights).
+    config = EngineArgs(attention_backend="naive", dtype="float32").create_engine_config()
     mc, hf_config = config.model_config, config.model_config.hf_config
     print(
         "[1] architecture:",
