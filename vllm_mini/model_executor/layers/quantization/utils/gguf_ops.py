@@ -30,6 +30,16 @@ def _load_kernel() -> bool:
 
 KERNEL_AVAILABLE = _load_kernel()
 
+if KERNEL_AVAILABLE:
+    # Output shapes without running the kernel, so torch.compile (stage 6) can trace through it.
+    @torch.library.register_fake("vllm_mini_C::gguf_gemm")
+    def _gguf_gemm_fake(x, qweight, type, use_portable=False):
+        return x.new_empty(x.shape[0], qweight.shape[0])
+
+    @torch.library.register_fake("vllm_mini_C::gguf_dequantize")
+    def _gguf_dequantize_fake(qweight, type, cols):
+        return qweight.new_empty(qweight.shape[0], cols, dtype=torch.float32)
+
 
 def gguf_dequantize(qweight: torch.Tensor, type_id: int, cols: int) -> torch.Tensor:
     """[rows, bytes] blocks -> [rows, cols] float32."""
