@@ -5,12 +5,11 @@ logprobs equal within float32 rounding. The number of tokens is the graph's one 
 dimension: prefills of several lengths and decode batches that shrink from 5 to 1 must all reuse
 the first graph (CompiledModel.num_compiles counts dynamo's compiled graphs).
 Cold compiles of these 2-layer models take 10-40 s on a 2-core CPU; the on-disk inductor cache
-(CompilationConfig.cache_dir) makes reruns a few seconds.
+(CompilationConfig.cache_dir) makes reruns a few seconds. The graph is compiled in pieces cut at
+attention, and twin pieces share one compile (compilation/backends.py).
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -64,20 +63,23 @@ def test_compiled_model_with_padded_decode_buffers_matches_eager(tiny_llama_dir)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("VLLM_MINI_TEST_COMPILE_SMOLLM2"),
-    reason="a cold inductor compile of SmolLM2 takes many minutes on 2 cores; "
-    "set VLLM_MINI_TEST_COMPILE_SMOLLM2=1 to run it",
-)
-def test_compiled_smollm2_matches_eager(smollm2_gguf):
+def test_compiled_smollm2_matches_eager_and_compiles_three_pieces(smollm2_gguf, tmp_path):
+    """SmolLM2's 30 layers: 31 compute pieces between the attentions, 3 distinct ones compiled.
+
+    A cold cache (tmp_path) on purpose: compiling the whole graph in one piece took longer than
+    14 minutes here; the piecewise backend compiles the three distinct pieces in about a minute.
+    """
     prompts = [{"prompt_token_ids": ids} for ids in ([1, 2, 3, 4], [5, 6], [7, 8, 9])]
     params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=3)
 
     def run(**kwargs):
-        llm = LLM(max_model_len=256, **kwargs)
+        llm = LLM(dtype="float32", max_model_len=256, **kwargs)
         return llm.generate(prompts, params, use_tqdm=False), llm
 
     ref, _ = run(enforce_eager=True)
-    outs, llm = run(compilation_config=3)
+    outs, llm = run(compilation_config={"mode": 3, "cache_dir": str(tmp_path)})
     _assert_same(ref, outs)
-    assert llm.llm_engine.engine_core.worker.model_runner.model.num_compiles == 1
+    model = llm.llm_engine.engine_core.worker.model_runner.model
+    assert model.num_compiles == 1
+    assert model.backend.num_pieces == 31
+    assert model.backend.num_inductor_compiles == 3

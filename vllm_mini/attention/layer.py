@@ -59,14 +59,15 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q: [num_tokens, num_heads * head_size]; k, v: [num_tokens, num_kv_heads * head_size]
         attn_metadata = get_forward_context().attn_metadata
-        q = q.view(-1, self.num_heads, self.head_size)
-        k = k.view(-1, self.num_kv_heads, self.head_size)
-        v = v.view(-1, self.num_kv_heads, self.head_size)
+        num_tokens = q.shape[0]  # explicit sizes, not -1: no division for the compiler to solve
+        q = q.view(num_tokens, self.num_heads, self.head_size)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_size)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_size)
         if torch.compiler.is_compiling():
             out = torch.ops.vllm_mini.unified_attention(q, k, v, self.layer_name)
         else:
             out = self.impl.forward(q, k, v, self.kv_cache, attn_metadata)
-        return out.reshape(-1, self.num_heads * self.head_size)
+        return out.reshape(num_tokens, self.num_heads * self.head_size)
 
 
 @torch.library.custom_op("vllm_mini::unified_attention", mutates_args=())

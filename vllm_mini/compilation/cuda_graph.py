@@ -42,6 +42,10 @@ def padded_batch_size(num_reqs: int, capture_sizes: list[int]) -> int | None:
 class StaticInputBuffers:
     """Tensors allocated once at the largest capture size; each step writes into them in place."""
 
+    # Made as inference tensors, like every tensor of a step (the runner works under
+    # torch.inference_mode): dynamo guards on a tensor's dispatch keys, so a buffer slice that
+    # carried autograd's ADInplaceOrView key where the prefill inputs did not would recompile.
+    @torch.inference_mode()
     def __init__(self, max_size: int, max_blocks_per_req: int, device: torch.device) -> None:
         self.max_size = max_size
         self.input_ids = torch.zeros(max_size, dtype=torch.int64, device=device)
@@ -54,6 +58,7 @@ class StaticInputBuffers:
         # A decode step has one token per request, so row i's token is always at index i.
         self.query_start_loc = torch.arange(max_size + 1, dtype=torch.int32, device=device)
 
+    @torch.inference_mode()
     def fill(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, size: int
     ) -> None:

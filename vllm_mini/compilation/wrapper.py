@@ -6,13 +6,15 @@ vllm/compilation/backends.py, much reduced. What happens, in order:
    dynamic in dim 0 (`mark_unbacked`: any size, even 0 or 1, with no size guard), so one graph
    serves every batch: a prefill of 300 tokens and a decode of 1 reuse it, nothing recompiles.
 2. Each attention layer is the custom op `vllm_mini::unified_attention` (attention/layer.py): an
-   opaque node, so the paged-attention Python and kernels stay out of the graph (vLLM's
-   splitting_ops; vLLM additionally cuts the graph there to capture piecewise CUDA graphs).
-3. Inductor fuses the rest (RMSNorm, rotary, SiLU*mul, residual adds) into generated C++/OpenMP
+   opaque node, so the paged-attention Python and kernels stay out of the graph.
+3. backends.py cuts the graph at those nodes (vLLM's splitting_ops) and has inductor compile
+   each piece between two attentions, once per distinct piece: the decoder layers are twins,
+   so a 30-layer model costs three piece compiles, not one 30-layer compile.
+4. Inductor fuses each piece (RMSNorm, rotary, SiLU*mul, residual adds) into generated C++/OpenMP
    (CPU) or Triton (GPU) kernels; matmuls stay calls to the BLAS library.
-4. Inductor's FX graph cache, under `cache_dir`, keys the generated code by the graph: a second
+5. Inductor's FX graph cache, under `cache_dir`, keys the generated code by the graph: a second
    start with the same model skips codegen and the C++ compile (the "warm" start).
-Next: cuda_graph.py.
+Next: backends.py, then cuda_graph.py.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.fx.experimental._config
 from torch import nn
 
+from vllm_mini.compilation.backends import PiecewiseBackend
 from vllm_mini.config.compilation import CompilationConfig, CompilationMode
 from vllm_mini.logger import init_logger
 
@@ -59,6 +62,7 @@ class CompiledModel(nn.Module):
         self.model = model
         self.mode = CompilationMode(config.mode)
         configure_compile_cache(config.cache_dir)
+        self.backend: PiecewiseBackend | None = None
         if self.mode == CompilationMode.STOCK_TORCH_COMPILE:
             # Stock torch.compile: dynamo guards on shapes, and recompiles when they change
             # (the first new batch size turns the dimension dynamic: usually a second compile).
@@ -68,8 +72,10 @@ class CompiledModel(nn.Module):
             # Shape guards are dropped (vLLM drops every guard, "trace once"): the one graph is
             # valid for any number of tokens, and a guard like `num_tokens >= 2`, which a warm
             # cache hit adds back, would otherwise recompile for a single-token decode.
+            self.backend = PiecewiseBackend()
             self._compiled = torch.compile(
                 model.forward,
+                backend=self.backend,
                 fullgraph=True,
                 dynamic=False,
                 options={"guard_filter_fn": _drop_shape_guards},

@@ -88,7 +88,10 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [num_tokens]; query: [num_tokens, num_heads * head_size]; key likewise.
-        num_tokens = positions.shape[0]
+        # The count is read off `query`, not `positions`: under torch.compile the two inputs have
+        # separate symbolic sizes, and mixing them makes every layer's shapes a longer formula
+        # (tracing SmolLM2's 30 layers then took minutes of symbolic algebra).
+        num_tokens = query.shape[0]
         cos, sin = self._cos_sin(positions)  # each [num_tokens, 1, rotary_dim / 2]
         # Rotate q and k heads together: one set of ops instead of two.
         qk = torch.cat([query, key], dim=-1).view(num_tokens, -1, self.head_size)
