@@ -2,13 +2,13 @@
 
 Stage 6. Each configuration runs in its own process (a warm start must be a new process that
 finds the compile cache on disk): eager (mode 0); compiled (mode 3) with an empty cache dir
-(cold); compiled again with that dir (warm). Each child builds `LLM()` (the default model,
-float32), times start-up up to the first generated token, then times decode steps of the engine
+(cold); compiled again with that dir (warm). Each child builds `LLM()` (the default model in
+`--dtype`: float32, the dequantized path, by default; `auto` runs the stage-7 gguf method), times start-up up to the first generated token, then times decode steps of the engine
 at batch 1, 8 and 32 (median over steps, prefill excluded) and counts the `aten::` operators one
 batch-1 decode step runs, with torch.profiler. Prints ratios and appends a row per batch to
 benchmarks/RESULTS.md (`--no-record` to skip).
 
-    .venv/bin/python benchmarks/compile.py [--batches 1 8 32] [--steps 24]
+    .venv/bin/python benchmarks/compile.py [--batches 1 8 32] [--steps 24] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## torch.compile vs eager on CPU — `benchmarks/compile.py`"
 
 
-def child(mode: int, cache_dir: str, batches: list[int], steps: int) -> dict:
+def child(mode: int, cache_dir: str, batches: list[int], steps: int, dtype: str) -> dict:
     import torch
 
     from vllm_mini import LLM, SamplingParams
 
     start = time.perf_counter()
-    llm = LLM(compilation_config={"mode": mode, "cache_dir": cache_dir}, max_num_seqs=64)
+    config = {"mode": mode, "cache_dir": cache_dir}
+    llm = LLM(dtype=dtype, compilation_config=config, max_num_seqs=64)
     llm.generate([{"prompt_token_ids": [1, 2, 3, 4]}], SamplingParams(max_tokens=1), use_tqdm=False)
     startup = time.perf_counter() - start
     engine = llm.llm_engine
@@ -66,7 +67,7 @@ def _top_ops(prof) -> list[tuple[str, float]]:
 
 def run_child(mode: int, cache_dir: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", str(mode), cache_dir, "--steps", str(args.steps)]
-    cmd += ["--batches", *map(str, args.batches)]
+    cmd += ["--batches", *map(str, args.batches), "--dtype", args.dtype]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -75,11 +76,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto (gguf)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CACHE_DIR"))
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(int(args.child[0]), args.child[1], args.batches, args.steps)))
+        mode, cache = int(args.child[0]), args.child[1]
+        print(json.dumps(child(mode, cache, args.batches, args.steps, args.dtype)))
         return
     cache_dir = tempfile.mkdtemp(prefix="vllm_mini_compile_")
     eager = run_child(0, cache_dir, args)
@@ -97,17 +100,17 @@ def main() -> None:
               f"compiled {c:7.2f} ms/step ({1000 * batch / c:6.1f} tok/s), {e / c:.2f}x")  # fmt: skip
         rows.append((batch, e, c))
     if not args.no_record:
-        record(rows, eager, cold, warm)
+        record(rows, eager, cold, warm, args.dtype)
 
 
-def record(rows, eager, cold, warm) -> None:
+def record(rows, eager, cold, warm, dtype: str) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     date = datetime.date.today().isoformat()
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()
     lines = [
-        f"| {date} | {machine} | {commit} | {b} | {e:.2f} ({1000 * b / e:.1f} tok/s) | "
+        f"| {date} | {machine} | {commit} | {b} ({dtype}) | {e:.2f} ({1000 * b / e:.1f} tok/s) | "
         f"{c:.2f} ({1000 * b / c:.1f} tok/s) | **{e / c:.2f}×** | {eager['aten_calls']} / "
         f"{warm['aten_calls']} | {eager['startup_s']:.0f} / {cold['startup_s']:.0f} / "
         f"{warm['startup_s']:.0f} |"
