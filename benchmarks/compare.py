@@ -236,7 +236,9 @@ def main() -> None:
     if args.serve:
         from compare_serve import serve_comparison
 
-        section += "\n" + serve_comparison(paths["hf_dir"] or str(ensure_hf_dir())) + "\n"
+        section += (
+            "\n" + serve_comparison(paths["hf_dir"] or str(ensure_hf_dir()), args.threads) + "\n"
+        )
     print(section)
     if args.results:
         with open(args.results, "a") as f:

@@ -8,13 +8,12 @@ weights in fp32 (ours from the GGUF with --dtype float32, vLLM's from the HF saf
 The client shares the two cores with the server, alike for both. Without the vLLM venv there is
 no client: the section says so. Called by compare.py --serve, or on its own:
 
-    python benchmarks/compare_serve.py
+    python benchmarks/compare_serve.py [--threads 1]
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -62,7 +61,7 @@ def client_argv(base_url: str, tokenizer: str, result_dir: str, name: str) -> li
     ]  # fmt: skip
 
 
-def server_commands(port: int, hf_dir: str) -> dict[str, tuple[list[str], dict]]:
+def server_commands(port: int, hf_dir: str, threads: int = 0) -> dict[str, tuple[list, dict]]:
     """How to start each server: argv and environment."""
     mini = Path(sys.executable).with_name("vllm-mini")
     ours = [str(mini), "serve", "--dtype", "float32", "--port", str(port), "--disable-log-stats"]
@@ -79,7 +78,10 @@ def server_commands(port: int, hf_dir: str) -> dict[str, tuple[list[str], dict]]
         "--port",
         str(port),
     ]
-    return {"vllm_mini": (ours, dict(os.environ)), "vLLM 0.32 CPU": (theirs, peer_env("vllm"))}
+    return {
+        "vllm_mini": (ours, peer_env(None, threads)),
+        "vLLM 0.32 CPU": (theirs, peer_env("vllm", threads)),
+    }
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 900) -> bool:
@@ -146,23 +148,25 @@ def render_serve_table(results: dict[str, dict | str]) -> str:
     return "\n".join(lines)
 
 
-def serve_comparison(hf_dir: str) -> str:
+def serve_comparison(hf_dir: str, threads: int = 0) -> str:
     w = WORKLOAD
     title = "### Serving: `vllm-mini serve` vs vLLM's api_server, vLLM's `vllm.benchmarks.serve`\n"
     desc = (
         f"random dataset, {w['prompts']} prompts of {w['input']} tokens, {w['output']} output "
         f"tokens (ignore_eos), {w['rate']:g} req/s Poisson, seed 0, fp32; ratio in brackets: "
-        "vllm_mini's advantage (its tok/s ÷ theirs, their ms ÷ ours; > 1: vllm_mini better)."
+        "vllm_mini's advantage (its tok/s ÷ theirs, their ms ÷ ours; > 1: vllm_mini better); "
+        f"{threads or 'all'} thread(s) per server."
     )
     if not has_peer("vllm"):
         return f"{title}\n{desc}\n\nvLLM peer venv absent: no client, no figures.\n"
     out = Path(tempfile.mkdtemp(prefix="vllm_mini_serve_"))
     results: dict[str, dict | str] = {}
-    for name, (argv, env) in server_commands(free_port(), hf_dir).items():
+    for name, (argv, env) in server_commands(free_port(), hf_dir, threads).items():
         print(f"serving benchmark: {name} ...", flush=True)
         results[name] = bench_server(name, argv, env, hf_dir, out)
     return f"{title}\n{desc}\n\n{render_serve_table(results)}\n"
 
 
 if __name__ == "__main__":
-    print(serve_comparison(str(ensure_hf_dir())))
+    threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 0
+    print(serve_comparison(str(ensure_hf_dir()), threads))
