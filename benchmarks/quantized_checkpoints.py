@@ -71,6 +71,17 @@ def _w8a8_int8_modifiers() -> list:
     ]
 
 
+def _w8a8_int8_rtn_modifiers() -> list:
+    """The same format without GPTQ (SmolLM2's GPTQ takes 30+ min on a busy 2-core machine)."""
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+    return [
+        SmoothQuantModifier(smoothing_strength=0.8),
+        QuantizationModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"]),
+    ]
+
+
 def _fp8_dynamic_modifiers() -> list:
     """Round-to-nearest float8_e4m3fn weights per channel; activations quantized at run time."""
     from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -137,11 +148,18 @@ class Recipe:
     modifiers: Callable[[], list]
     calibrate: bool  # GPTQ/SmoothQuant/AWQ look at activations; RTN recipes are data-free
     description: str
+    samples: int = CALIBRATION_SAMPLES  # calibration windows of CALIBRATION_TOKENS tokens
 
 
 RECIPES: dict[str, Recipe] = {
     "w8a8-int8": Recipe(
         _w8a8_int8_modifiers, True, "SmoothQuant + GPTQ, int8 per-channel weights, int8 tokens"
+    ),
+    "w8a8-int8-rtn": Recipe(
+        _w8a8_int8_rtn_modifiers,
+        True,
+        "SmoothQuant + round-to-nearest, int8 per-channel weights, int8 tokens",
+        samples=16,
     ),
     "fp8-dynamic": Recipe(
         _fp8_dynamic_modifiers, False, "FP8_DYNAMIC: fp8 per-channel weights, fp8 tokens"
@@ -346,8 +364,8 @@ def _run_inside(recipe_name: str, src: Path, out: Path) -> None:
     kwargs = {}
     if recipe.calibrate:
         kwargs = dict(
-            dataset=_calibration_dataset(tokenizer, CALIBRATION_SAMPLES, CALIBRATION_TOKENS),
-            num_calibration_samples=CALIBRATION_SAMPLES,
+            dataset=_calibration_dataset(tokenizer, recipe.samples, CALIBRATION_TOKENS),
+            num_calibration_samples=recipe.samples,
             max_seq_length=CALIBRATION_TOKENS,
         )
     oneshot(model=model, recipe=recipe.modifiers(), **kwargs)
@@ -361,7 +379,7 @@ def _run_inside(recipe_name: str, src: Path, out: Path) -> None:
     }
     info = {"recipe": recipe_name, "description": recipe.description, "versions": versions}
     if recipe.calibrate:
-        info["calibration"] = f"{CALIBRATION_SAMPLES} x {CALIBRATION_TOKENS} tokens of pydoc topics"
+        info["calibration"] = f"{recipe.samples} x {CALIBRATION_TOKENS} tokens of pydoc topics"
     (out / STAMP).write_text(json.dumps(info, indent=2))
 
 

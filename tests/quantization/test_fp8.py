@@ -19,7 +19,6 @@ import vllm_mini.model_executor.layers.quantization.utils.w8a8_utils as w8a8
 from tests.models.test_hf_parity import _run
 from tests.quantization.llmcompressor_checkpoints import llmcompressor_checkpoint
 from tests.quantization.test_compressed_tensors_config import W8A8, _args
-from vllm_mini import LLM, SamplingParams
 from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.model_executor.layers.linear import QKVParallelLinear
 from vllm_mini.model_executor.layers.quantization import get_quantization_config
@@ -164,17 +163,59 @@ def test_llmcompressor_fp8_dynamic_tiny_model_matches_hf(fp8_matmul, monkeypatch
 
 
 @pytest.mark.slow
-def test_online_fp8_smollm2_agrees_with_float32_greedy(smollm2_gguf):
-    prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
-    params = SamplingParams(temperature=0, max_tokens=24)
-    outputs = {}
+def test_online_fp8_smollm2_predicts_like_float32(smollm2_gguf):
+    from transformers import AutoTokenizer
+
+    from vllm_mini.transformers_utils.default_model import prepare_default_model
+
+    text = (
+        "The quick brown fox jumps over the lazy dog. Python is a programming language that "
+        "lets you work quickly and integrate systems more effectively. The capital of France "
+        "is Paris, and the capital of Germany is Berlin."
+    )
+    ids = torch.tensor(AutoTokenizer.from_pretrained(prepare_default_model())(text)["input_ids"])
+    logits = {}
     for quantization in (None, "fp8"):
-        llm = LLM(str(smollm2_gguf), dtype="float32", quantization=quantization)
-        outputs[quantization] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-    same = [
-        sum(a == b for a, b in zip(x, y)) / len(x) for x, y in zip(outputs[None], outputs["fp8"])
-    ]
-    # Greedy decoding follows one path; one flipped token changes the rest, so demand that
-    # the first tokens agree and most prompts agree all the way.
-    assert all(x[:4] == y[:4] for x, y in zip(outputs[None], outputs["fp8"]))
-    assert sum(s == 1.0 for s in same) >= 2, same
+        config = EngineArgs(
+            model=str(smollm2_gguf),
+            dtype="float32",
+            quantization=quantization,
+            attention_backend="naive",
+        ).create_engine_config()
+        logits[quantization] = _run(get_model(config), ids, 0, len(ids), req_id=str(quantization))
+    # Teacher-forced next-token predictions at every position (measured: 37 of 41 agree; the
+    # largest logit moves by 13% of the largest logit: a 135M model feels fp8 rounding).
+    agree = (logits[None].argmax(-1) == logits["fp8"].argmax(-1)).float().mean()
+    assert agree >= 0.85, f"fp8 agrees with float32 on {agree:.2f} of next tokens"
+    error = (logits["fp8"] - logits[None]).abs().max() / logits[None].abs().max()
+    assert 0 < error < 0.25, f"fp8 logits relative error {error:.3f}"
+
+
+@pytest.mark.slow
+def test_llmcompressor_fp8_tensor_scales_are_requantized_like_vllm(monkeypatch):
+    """Per-tensor fp8: q, k, v (and gate, up) arrive with a scale each; the fused layer
+    requantizes them to the largest. The peer: HF's decompressed weights, requantized the same
+    way, shard by shard (activations float, as on our CPU)."""
+    path = llmcompressor_checkpoint("fp8-tensor", "tiny")
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    for module in hf.modules():
+        if hasattr(module, "quantization_scheme"):
+            module.quantization_enabled = False
+    ids = torch.randint(3, 500, (23,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hf(ids[None])  # compressed-tensors decompresses the weights on the first forward
+        for layer in hf.model.layers:
+            for fused in (
+                [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+                [layer.mlp.gate_proj, layer.mlp.up_proj],
+            ):
+                max_scale = max(m.weight_scale.max() for m in fused)
+                for m in fused:  # HF holds codes * own scale; requantize with the largest
+                    codes = w8a8.quantize_with_scale(m.weight, max_scale, torch.float8_e4m3fn)
+                    m.weight.copy_(codes.float() * max_scale)
+    with torch.no_grad():
+        expected = hf(ids[None]).logits[0]
+    monkeypatch.setattr(w8a8, "fp8_matmul_supported", lambda device: False)
+    config = EngineArgs(model=str(path), dtype="float32", attention_backend="naive")
+    got = _run(get_model(config.create_engine_config()), ids, 0, len(ids))
+    assert (got - expected).abs().max() < 1e-4

@@ -145,7 +145,7 @@ def test_llmcompressor_w8a8_tiny_model_matches_hf_compressed_tensors(tiny_w8a8, 
 
 @pytest.mark.slow
 def test_llmcompressor_w8a8_smollm2_matches_hf_compressed_tensors(monkeypatch):
-    path = smollm2_checkpoint_or_skip("w8a8-int8")
+    path = smollm2_checkpoint_or_skip("w8a8-int8-rtn")
     ids = torch.randint(100, 40000, (32,), generator=torch.Generator().manual_seed(0))
     expected, ours = _logits_pair(path, ids)
     monkeypatch.setattr(w8a8, "INT8_MAX", 127.5)
