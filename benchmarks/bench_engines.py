@@ -1,4 +1,4 @@
-"""One engine, one timed cell: what each subprocess of compare.py runs, in its own venv.
+"""One engine, timed on the shared workload: what each subprocess of compare.py runs, in its own venv.
 
 Benchmark tooling (no stage). Every engine gets the same seeded workload (a JSON file written by
 compare.py from common.random_workload) and is timed the same way: wall time of one generate
@@ -9,8 +9,9 @@ import under each peer's python (no vllm_mini there), so engine imports stay ins
 One process serves every mode asked (loading a model costs minutes on a busy machine). Prints one
 JSON line: {mode: {"tok_s": median, "runs": [...], "tokens": n, "load": 1-min load average}}.
 
-    <python> benchmarks/bench_engines.py ENGINE --workload W.json --mode throughput|batch1 \
-        [--dtype float32|bfloat16|auto] [--model PATH] [--hf-batch-size 16] [--repeats 1,3] [--threads 1]
+    <python> benchmarks/bench_engines.py ENGINE --workload W.json [--modes throughput,batch1] \
+        [--dtype float32|bfloat16|auto] [--model PATH] [--hf-batch-size 16] [--repeats 1,3] \
+        [--threads 1]
 """
 
 from __future__ import annotations
