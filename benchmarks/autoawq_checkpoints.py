@@ -66,8 +66,11 @@ tok = AutoTokenizer.from_pretrained(src)
 words = " ".join(topics[k] for k in sorted(topics)).split()
 if tok(" ".join(words[:50]))["input_ids"].count(tok.unk_token_id) > 25:  # the tiny made-up vocab
     words = [f"w{3 + hash(w) % (tok.vocab_size - 3)}" for w in words]
+    per_sample = tokens
+else:  # AutoAWQ drops samples longer than max_calib_seq_len; English is ~1.3 tokens per word
+    per_sample = tokens // 2
 step = len(words) // samples
-calib = [" ".join(words[i * step : i * step + tokens]) for i in range(samples)]
+calib = [" ".join(words[i * step : i * step + per_sample]) for i in range(samples)]
 model.quantize(tok, quant_config=cfg, calib_data=calib, max_calib_samples=samples,
                max_calib_seq_len=tokens, n_parallel_calib_samples=4)
 model.save_quantized(out)
