@@ -134,9 +134,15 @@ def _w4a16_gptq_asym_modifiers() -> list:
 def _w4a16_awq_modifiers() -> list:
     """AWQ: scale salient input channels (smoothing into the previous layer), then asymmetric
     round-to-nearest 4-bit groups."""
+    import torch
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
+    from llmcompressor.pipelines.cache import IntermediatesCache
 
+    if not torch.cuda.is_available():
+        # llm-compressor 0.14's AWQ pins cached activations for fast copies to a GPU, and
+        # pinning fails without one; on a CPU-only machine there is nothing to copy to.
+        IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
     return [
         AWQModifier(),
         QuantizationModifier(config_groups=_w4a16_groups(False), ignore=["lm_head"]),
