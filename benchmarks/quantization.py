@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import random_workload  # noqa: E402
 from latency import copy_bandwidth_gbs  # noqa: E402
+from quantized_checkpoints import cache_root  # noqa: E402
 
 from vllm_mini import LLM, SamplingParams  # noqa: E402
 from vllm_mini.attention.backends.abstract import AttentionMetadata  # noqa: E402
@@ -50,10 +51,24 @@ class Method:
     note: str = ""
 
 
+QUANTIZED = cache_root() / "quantized"  # where quantized_checkpoints.py caches its checkpoints
 METHODS = [
     Method("float32", {"dtype": "float32"}, "GGUF dequantized at load (before stage 7)"),
     Method("bfloat16", {"dtype": "bfloat16"}, "GGUF dequantized to bfloat16"),
     Method("gguf", {"quantization": "gguf"}, "Q4_1/Q8_0 blocks, C++ kernel"),
+    Method(
+        "fp8",
+        {"quantization": "fp8", "dtype": "float32"},
+        "online fp8 per channel (CPU: weight-only)",
+    ),
+    # llm-compressor checkpoints of the same float32 weights: make them first with
+    # `python benchmarks/quantized_checkpoints.py w8a8-int8-rtn` (and fp8-dynamic).
+    Method(
+        "w8a8-int8", {"model": str(QUANTIZED / "w8a8-int8-rtn")}, "compressed-tensors W8A8, _int_mm"
+    ),
+    Method(
+        "fp8-dynamic", {"model": str(QUANTIZED / "fp8-dynamic")}, "compressed-tensors FP8_DYNAMIC"
+    ),
 ]
 PROMPTS = [
     "What is the capital of France?",
