@@ -69,6 +69,13 @@ METHODS = [
     Method(
         "fp8-dynamic", {"model": str(QUANTIZED / "fp8-dynamic")}, "compressed-tensors FP8_DYNAMIC"
     ),
+    # `python benchmarks/quantized_checkpoints.py w4a16-rtn`: int4 groups of 64 with zero
+    # points (GPTQ and AWQ checkpoints load into the same kernel, so run at the same speed).
+    Method(
+        "w4a16",
+        {"model": str(QUANTIZED / "w4a16-rtn")},
+        "compressed-tensors W4A16, C++ int4 kernel",
+    ),
 ]
 PROMPTS = [
     "What is the capital of France?",
