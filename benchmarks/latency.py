@@ -42,12 +42,15 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--backend", default=None)
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument(
+        "--dtype", default="auto", help="vllm_mini's dtype (float32, bfloat16: the float path)"
+    )
     args = parser.parse_args()
     prompts, _ = random_workload(1, args.prompt_len, args.prompt_len, 1, 1, seed=0)
     prompt = prompts[0]
     n = args.output_len
 
-    llm = LLM(args.model, attention_backend=args.backend)
+    llm = LLM(args.model, attention_backend=args.backend, dtype=args.dtype)
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
     llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=8), use_tqdm=False)
     t = time.perf_counter()

@@ -28,7 +28,12 @@ from vllm_mini import LLM, SamplingParams  # noqa: E402
 
 
 def run_vllm_mini(args, prompts, out_lens) -> tuple[float, int, float]:
-    llm = LLM(args.model, attention_backend=args.backend, max_num_seqs=args.max_num_seqs)
+    llm = LLM(
+        args.model,
+        attention_backend=args.backend,
+        max_num_seqs=args.max_num_seqs,
+        dtype=args.dtype,
+    )
     engine = llm.llm_engine
     # Warm-up (kernel build, allocator) outside the timed region.
     llm.generate(
@@ -107,6 +112,9 @@ def main() -> None:
         "--backend", default=None, help="attention backend (default: best available)"
     )
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument(
+        "--dtype", default="auto", help="vllm_mini's dtype (float32, bfloat16: the float path)"
+    )
     args = parser.parse_args()
 
     prompts, out_lens = random_workload(
