@@ -16,8 +16,10 @@ Why it pays at both batch sizes. At batch 1 (decode) each weight is read once pe
 step is bound by memory traffic: a packed weight is read in one contiguous pass, with no
 per-call packing buffer. At batch 16 or more the same weight tile is reused by every row, the
 step becomes compute-bound, and the packed tile is exactly what the FMA loop wants. Measured on
-our 2-core AVX-512 CPU (benchmarks/RESULTS.md): fp32 per layer 2-6x at 16-128 rows, about even
-at 1 row for small cache-hot layers; a whole 30-layer step 1.3x at batch 1 and 2.1x at 16.
+our 2-core AVX-512 CPU, 1 thread (benchmarks/RESULTS.md): fp32 per layer 2.0-2.7x at 16-128 rows;
+at 1 row a small layer that sits in cache is slower (oneDNN's fixed ~10 us a call), yet the engine
+gains at batch 1 too (fp32 1.6x, bf16 1.8x tok/s), because there every weight comes from memory.
+The price: the plain weight is kept beside the packed copy (twice the float weight memory).
 
 `F.linear` stays the reference path: `VLLM_MINI_CPU_ONEDNN=0` (read when the model loads) keeps
 it everywhere, and it is what runs on any other device, dtype, or a tensor-parallel shard.
