@@ -101,8 +101,12 @@ def test_our_pack_quantized_layout_is_the_one_compressed_tensors_reads(tmp_path,
 # checkpoint below.
 @pytest.mark.parametrize("recipe", ["w4a16-gptq", "w4a16-gptq-asym"])
 def test_llmcompressor_w4a16_logits_match_hf_and_the_converted_formats(recipe, tmp_path):
-    from tests.quantization.llmcompressor_checkpoints import llmcompressor_checkpoint
+    from tests.quantization.llmcompressor_checkpoints import (
+        cached_or_skip,
+        llmcompressor_checkpoint,
+    )
 
+    cached_or_skip(f"{recipe}-tiny", "about 5 minutes")
     path = llmcompressor_checkpoint(recipe, "tiny")
     qc = json.loads((path / "config.json").read_text())["quantization_config"]
     assert qc["format"] == "pack-quantized"
@@ -120,7 +124,9 @@ def test_llmcompressor_w4a16_logits_match_hf_and_the_converted_formats(recipe, t
 def test_autoawq_checkpoint_matches_hf_on_autoawqs_own_dequantization(tmp_path):
     """A checkpoint written by AutoAWQ itself (interleaved nibble order, true zeros)."""
     from benchmarks.autoawq_checkpoints import autoawq_checkpoint, hf_logits
+    from tests.quantization.llmcompressor_checkpoints import cached_or_skip
 
+    cached_or_skip("awq-autoawq-tiny", "about 10 minutes with AutoAWQ's own venv")
     path = autoawq_checkpoint("tiny")
     assert (
         json.loads((path / "config.json").read_text())["quantization_config"]["version"] == "gemm"
