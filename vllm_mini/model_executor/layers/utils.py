@@ -18,7 +18,7 @@ per-call packing buffer. At batch 16 or more the same weight tile is reused by e
 step becomes compute-bound, and the packed tile is exactly what the FMA loop wants. Measured on
 our 2-core AVX-512 CPU, 1 thread (benchmarks/RESULTS.md): fp32 per layer 2.0-2.7x at 16-128 rows;
 at 1 row a small layer that sits in cache is slower (oneDNN's fixed ~10 us a call), yet the engine
-gains at batch 1 too (fp32 1.6x, bf16 1.8x tok/s), because there every weight comes from memory.
+gains at batch 1 too (fp32 1.36x, bf16 1.55x tok/s): there every weight comes from memory.
 The price: the plain weight is kept beside the packed copy (twice the float weight memory).
 
 `F.linear` stays the reference path: `VLLM_MINI_CPU_ONEDNN=0` (read when the model loads) keeps
