@@ -1,8 +1,8 @@
 """Per-layer timing: a prepacked oneDNN matmul against F.linear on SmolLM2-135M's layer shapes.
 
 Stage 2 benchmark for vllm_mini/model_executor/layers/utils.py. For each weight shape [out, in],
-number of rows M and dtype, it times `F.linear` on the weight as the engine stores it (column-major
-in fp32, see linear.py) and `onednn_linear` on `prepack_weight(weight)`, alternating the two so
+number of rows M and dtype, it times `F.linear` on the weight as the engine stores it (fp32 layer
+weights column-major, see linear.py; the LM head row-major) and `onednn_linear` on `prepack_weight(weight)`, alternating the two so
 that a noisy machine slows both alike, and prints medians in ms and the ratio (> 1: packed wins).
 The layer weights stay in cache here (the same weight every call), the LM head's 113 MB do not;
 the engine, which streams every weight once a step, is measured by latency.py and throughput.py
@@ -63,7 +63,10 @@ def main() -> None:
             dtype = getattr(torch, dtype_name)
             for name, (out_f, in_f) in SHAPES.items():
                 w = torch.randn(out_f, in_f).div(in_f**0.5).to(dtype)
-                plain = w.t().contiguous().t() if dtype == torch.float32 else w  # as linear.py
+                # As the engine stores them: linear.py makes fp32 layer weights column-major; the
+                # LM head is the embedding table, row-major.
+                column_major = dtype == torch.float32 and not name.startswith("LM head")
+                plain = w.t().contiguous().t() if column_major else w
                 packed = prepack_weight(w)
                 for rows in args.rows:
                     x = torch.randn(rows, in_f).to(dtype)
