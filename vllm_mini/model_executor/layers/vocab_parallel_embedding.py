@@ -48,7 +48,7 @@ class UnquantizedEmbeddingMethod(QuantizeMethodBase):
         layer.register_parameter("weight", weight)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        # The LM head gets a oneDNN-prepacked copy (layers/utils.py): 1.9x at 1 row and 2.8x at
+        # The LM head gets a oneDNN-prepacked copy (layers/utils.py): 1.9x at 1 row and 2.4x at
         # 16 in fp32, on the step's largest matmul, for one more copy of the table (113 MB fp32
         # for SmolLM2). The plain table stays: F.embedding looks rows up in it.
         if isinstance(layer, ParallelLMHead) and can_prepack(layer.weight, layer.tp_size):
