@@ -115,10 +115,20 @@ def _inside(event: Any, label: str) -> bool:
     return False
 
 
+# The ops a linear layer runs, by path: F.linear (the reference), the prepacked oneDNN matmul of
+# float weights on CPU (layers/utils.py), and the stage-7 kernels for GGUF and 4-bit weights.
+LINEAR_OPS = {
+    "aten::linear",
+    "vllm_mini::onednn_linear",
+    "vllm_mini_C::gguf_gemm",
+    "vllm_mini_C::w4a16_gemm",
+}
+
+
 def breakdown(prof: profile) -> dict[str, float]:
     """Milliseconds per phase (inclusive), with the forward pass split four ways.
 
-    forward = linear (every aten::linear in it) + attention (the Attention layers: cache write and
+    forward = linear (every LINEAR_OPS op in it) + attention (the Attention layers: cache write and
     kernel) + forward_ops (the other ATen ops: norms, RoPE, SiLU, adds) + forward_python (the
     forward's self time: Python between ops, module calls). 'other' is the rest of the step:
     LLMEngine/EngineCore glue, stats, Python between phases.
@@ -129,8 +139,8 @@ def breakdown(prof: profile) -> dict[str, float]:
         return sum(e.cpu_time_total for e in events if e.name == name) / 1e3
 
     ms = {label: total(label) for label in (*PHASES, "attention", "step")}
-    # aten::linear is never nested in itself, so summing them counts each matmul once.
-    linears = [e for e in events if e.name == "aten::linear" and _inside(e, "forward")]
+    # No linear op is nested in another, so summing them counts each matmul once.
+    linears = [e for e in events if e.name in LINEAR_OPS and _inside(e, "forward")]
     ms["linear"] = sum(e.cpu_time_total for e in linears) / 1e3
     ms["forward_python"] = sum(e.self_cpu_time_total for e in events if e.name == "forward") / 1e3
     ms["forward_ops"] = ms["forward"] - ms["linear"] - ms["attention"] - ms["forward_python"]

@@ -43,6 +43,7 @@ def test_capture_size(sizes):
         assert impl.pick_capture_size(n, sizes) == padded_batch_size(n, sizes), f"batch {n}"
 
 
+@torch.inference_mode()  # the buffers are inference tensors, as in the engine's steps
 def test_fill_buffers_matches_the_engine():
     ids, pos, meta = _step_meta()
     mine = StaticInputBuffers(8, 4, torch.device("cpu"))
