@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantized_checkpoints import TORCH_PIN, cache_root, source_model  # noqa: E402
+from quantized_checkpoints import build_tool_venv, cache_root, source_model  # noqa: E402
 
 TOOL_PACKAGES = ["autoawq==0.2.9"]
 QUANT_CONFIG = {"zero_point": True, "q_group_size": 64, "w_bit": 4, "version": "GEMM"}
@@ -38,21 +38,7 @@ CALIBRATION_TOKENS = 256
 
 def tool_python() -> Path:
     """The AutoAWQ venv's python, built on first use."""
-    venv = cache_root() / "autoawq-tools" / "venv"
-    python = venv / "bin" / "python"
-    stamp = venv / ".vllm_mini_installed"
-    wanted = " ".join([TORCH_PIN, *TOOL_PACKAGES])
-    if stamp.exists() and stamp.read_text() == wanted:
-        return python
-    print(f"building the AutoAWQ venv in {venv} ...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, TORCH_PIN], check=True)
-    subprocess.run([*pip, *TOOL_PACKAGES], check=True)
-    check = "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-    subprocess.run([str(python), "-c", check], check=True)
-    stamp.write_text(wanted)
-    return python
+    return build_tool_venv(cache_root() / "autoawq-tools" / "venv", TOOL_PACKAGES, "AutoAWQ")
 
 
 QUANTIZE = """

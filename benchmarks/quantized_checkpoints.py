@@ -275,25 +275,33 @@ def _save_tiny_llama(path: Path) -> None:
 # ---- the tool venv -----------------------------------------------------------------------------
 
 
-def ensure_tool_venv() -> Path:
-    """Build the llm-compressor venv once; torch goes in first, so pip keeps the pinned one."""
-    venv = tool_venv()
+def build_tool_venv(venv: Path, packages: list[str], what: str) -> Path:
+    """A venv holding `packages` next to the pinned torch, built once; returns its python.
+
+    torch goes in first, so pip keeps the pinned CPU build; a stamp of the package list makes a
+    changed list rebuild the venv.
+    """
     python = venv / "bin" / "python"
     stamp = venv / ".vllm_mini_installed"
-    wanted = " ".join([TORCH_PIN, *TOOL_PACKAGES])
+    wanted = " ".join([TORCH_PIN, *packages])
     if stamp.exists() and stamp.read_text() == wanted:
         return python
     start = time.perf_counter()
-    print(f"building the llm-compressor venv in {venv} (a few minutes) ...", file=sys.stderr)
+    print(f"building the {what} venv in {venv} (a few minutes) ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, TORCH_PIN], check=True)
-    subprocess.run([*pip, *TOOL_PACKAGES], check=True)
+    subprocess.run([*pip, *packages], check=True)
     check = "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
     subprocess.run([str(python), "-c", check], check=True)
     stamp.write_text(wanted)
-    print(f"tool venv ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(f"{what} venv ready in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return python
+
+
+def ensure_tool_venv() -> Path:
+    """The llm-compressor venv's python, built on first use."""
+    return build_tool_venv(tool_venv(), TOOL_PACKAGES, "llm-compressor")
 
 
 def quantized_checkpoint(recipe: str, model: str = "smollm2") -> Path:

@@ -20,8 +20,9 @@ from vllm_mini.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
+from vllm_mini.model_executor.layers.linear import UnquantizedLinearMethod
 from vllm_mini.model_executor.layers.quantization import QuantizationConfig, QuantizeMethodBase
-from vllm_mini.model_executor.layers.utils import can_prepack, onednn_linear, prepack_weight
+from vllm_mini.model_executor.layers.utils import can_prepack, prepack_weight
 
 # vLLM pads the vocab so every rank gets an equal, aligned slice.
 DEFAULT_VOCAB_PADDING_SIZE = 64
@@ -31,21 +32,12 @@ def pad_vocab_size(vocab_size: int, pad_to: int = DEFAULT_VOCAB_PADDING_SIZE) ->
     return ((vocab_size + pad_to - 1) // pad_to) * pad_to
 
 
-class UnquantizedEmbeddingMethod(QuantizeMethodBase):
-    """A float [vocab, hidden] table: row lookup for the embedding, x @ W^T for the LM head."""
+class UnquantizedEmbeddingMethod(UnquantizedLinearMethod):
+    """A float [vocab, hidden] table: row lookup for the embedding, x @ W^T for the LM head.
 
-    def create_weights(
-        self,
-        layer: nn.Module,
-        input_size_per_partition: int,
-        output_partition_sizes: list[int],
-        params_dtype: torch.dtype,
-    ) -> None:
-        weight = nn.Parameter(
-            torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
-            requires_grad=False,
-        )
-        layer.register_parameter("weight", weight)
+    The weight and the matmul are the linear method's; only the layout step differs, because
+    the table must stay row-major for `F.embedding` lookups.
+    """
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         # The LM head gets a oneDNN-prepacked copy (layers/utils.py): 1.9x at 1 row and 2.4x at
@@ -53,14 +45,6 @@ class UnquantizedEmbeddingMethod(QuantizeMethodBase):
         # for SmolLM2). The plain table stays: F.embedding looks rows up in it.
         if isinstance(layer, ParallelLMHead) and can_prepack(layer.weight, layer.tp_size):
             layer.weight_packed = prepack_weight(layer.weight)
-
-    def apply(
-        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        packed = getattr(layer, "weight_packed", None)
-        if packed is not None:
-            return onednn_linear(x, packed, bias)
-        return F.linear(x, layer.weight, bias)
 
     def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, layer.weight)

@@ -56,7 +56,7 @@ class QuantizeMethodBase(ABC):
 
     def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         """Rows of W for these token ids (only methods returned for embedding layers need it)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be used for an embedding layer")
+        raise TypeError(f"{type(self).__name__} cannot be used for an embedding layer")
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:  # noqa: B027 (optional)
         """Convert the loaded checkpoint weights into the form `apply` runs fastest on.

@@ -212,18 +212,10 @@ def scheme_from_args(args: SchemeArgs, layer_name: str) -> CompressedTensorsSche
 
 def _wna16_scheme(w: QuantArgs, layer_name: str) -> CompressedTensorsScheme:
     """Weight-only int (4/8-bit, pack-quantized): the W4A16 scheme, imported only when used."""
-    try:
-        from vllm_mini.model_executor.layers.quantization.compressed_tensors.schemes.compressed_tensors_wNa16 import (  # noqa: E501
-            CompressedTensorsWNA16,
-        )
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("compressed_tensors_wNa16"):
-            raise NotImplementedError(
-                f"compressed-tensors: {layer_name} needs the weight-only scheme "
-                "CompressedTensorsWNA16 (schemes/compressed_tensors_wNa16.py), which is not "
-                "implemented yet"
-            ) from e
-        raise
+    from vllm_mini.model_executor.layers.quantization.compressed_tensors.schemes.compressed_tensors_wNa16 import (  # noqa: E501
+        CompressedTensorsWNA16,
+    )
+
     return CompressedTensorsWNA16(
         strategy=w.strategy,
         num_bits=w.num_bits,
