@@ -149,13 +149,20 @@ class CUDAGraphRunner:
         self.buffers.fill(input_ids, positions, meta, size)
         return size, self.buffers.metadata(meta, size, self._max_seq_len(meta))
 
+    def _inputs(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # New view objects on every call, never one pair reused: the rotary embedding memoizes
+        # its cos/sin lookup per positions tensor (one forward pass), and a capture that reused
+        # the warm-up's tensor would hit that memo, record no lookup, and replay every step
+        # with the warm-up's positions (caught on an H200: replay != eager from the 2nd step).
+        return self.buffers.input_ids[:size], self.buffers.positions[:size]
+
     def forward(self, size: int) -> torch.Tensor:
         """hidden states [size, hidden] of the padded batch; the caller slices the real rows."""
         graph = self.graphs.get(size)
         if graph is not None:
             graph.replay()  # every kernel of the forward, one launch, on the buffers' current data
             return self.outputs[size]
-        return self.model(self.buffers.input_ids[:size], self.buffers.positions[:size])
+        return self.model(*self._inputs(size))
 
     @torch.inference_mode()
     def capture(self, meta_template: AttentionMetadata) -> None:
@@ -170,16 +177,15 @@ class CUDAGraphRunner:
         self.pool = torch.cuda.graph_pool_handle()
         for size in reversed(self.capture_sizes):
             meta = self.buffers.metadata(meta_template, size, self.max_model_len)
-            ids, pos = self.buffers.input_ids[:size], self.buffers.positions[:size]
             self.buffers.slot_mapping[:size].fill_(PAD_SLOT_ID)  # warm-up writes no KV
             with set_forward_context(meta):
                 # Warm-up outside the graph: compiles, autotunes, allocates workspaces once.
                 for _ in range(2):
-                    self.model(ids, pos)
+                    self.model(*self._inputs(size))
                 torch.cuda.synchronize(self.device)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool):
-                    self.outputs[size] = self.model(ids, pos)
+                    self.outputs[size] = self.model(*self._inputs(size))
             self.graphs[size] = graph
         torch.cuda.synchronize(self.device)
         logger.info(

@@ -43,8 +43,9 @@ def naive_attention(
     # scores[h, i, j] = q_i . k_j for head h.
     scores = torch.einsum("qhd,khd->hqk", q, k) * scale  # [num_heads, q_len, kv_len]
     # Query i sits at absolute position (kv_len - q_len + i); it may see keys 0..that position.
-    q_pos = torch.arange(kv_len - q_len, kv_len).unsqueeze(1)  # [q_len, 1]
-    k_pos = torch.arange(kv_len).unsqueeze(0)  # [1, kv_len]
+    # Built on the query's device: a CPU mask against CUDA scores is an error.
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device).unsqueeze(1)  # [q_len, 1]
+    k_pos = torch.arange(kv_len, device=query.device).unsqueeze(0)  # [1, kv_len]
     scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("hqk,khd->qhd", probs, v)  # [q_len, num_heads, head_size]

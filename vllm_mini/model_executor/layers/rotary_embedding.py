@@ -74,7 +74,11 @@ class RotaryEmbedding(nn.Module):
         self._cached_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Every layer sees the same positions tensor in one forward pass: look it up once.
+        # Every layer sees the same positions tensor in one forward pass: look it up once. The
+        # memo is keyed by that tensor object, so each forward pass must get a new one (the
+        # runner's steps and the CUDA-graph runner's views are). Inference tensors carry no
+        # version counter to notice an in-place refill; and a CUDA-graph capture that hit a memo
+        # from its warm-up would leave the lookup out of the graph and freeze those positions.
         # Under torch.compile the memo would be module state the graph guards on (a recompile per
         # step); the compiler removes the repeated lookups itself (common subexpressions).
         if torch.compiler.is_compiling():
