@@ -7,7 +7,9 @@ Each step it hooks the model runner's `set_forward_context` (the metadata every 
 sees), applies the step's writes (`slot_mapping`) and then checks every read: for each scheduled
 request and each position of its context, the slot that its block table points at must hold
 exactly that request's tokens up to that position. The truth comes from the scheduler's own
-`Request.all_token_ids`, not from the runner.
+`Request.all_token_ids`, not from the runner, followed by the draft tokens the step verifies
+(speculative decoding): a rejected draft's KV stays in its slot, and the checker proves that
+nobody reads it before the real token's KV overwrites it.
 
 Usage: `with KVReadChecker(llm.llm_engine) as checker: llm.generate(...)`; `checker.steps` counts
 the steps checked. Paged backends only (the naive backend has no slots).
@@ -50,6 +52,8 @@ class KVReadChecker:
 
     def check_step(self, meta: Any) -> None:
         requests = self._requests()
+        so = self.engine.engine_core.last_scheduler_output
+        spec = so.scheduled_spec_decode_tokens if so is not None else {}
         bs = self.block_size
         starts = list(meta.query_start_loc_cpu)
         seq_lens = list(meta.seq_lens_cpu)
@@ -57,7 +61,7 @@ class KVReadChecker:
         block_table = meta.block_table.tolist()
         rows = []
         for i, req_id in enumerate(meta.req_ids):
-            tokens = requests[req_id].all_token_ids
+            tokens = requests[req_id].all_token_ids + spec.get(req_id, [])
             q_len = starts[i + 1] - starts[i]
             seq_len = seq_lens[i]
             assert seq_len <= len(tokens), f"{req_id}: context {seq_len} > {len(tokens)} tokens"

@@ -79,6 +79,9 @@ class Request:
         # Tokens found in the prefix cache when first scheduled (-1 = not scheduled yet).
         self.num_cached_tokens = -1
         self.num_preemptions = 0
+        # Draft tokens proposed for the next step (stage 11): not part of the request's tokens
+        # until the target accepts them, so they never enter the block hashes.
+        self.spec_token_ids: list[int] = []
 
         # Hashes of this request's *full* blocks, extended as tokens arrive (prefix caching).
         self.block_hashes: list[Any] = []
@@ -114,6 +117,10 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self._all_token_ids)
+
+    @property
+    def num_tokens_with_spec(self) -> int:
+        return len(self._all_token_ids) + len(self.spec_token_ids)
 
     @property
     def num_output_tokens(self) -> int:

@@ -20,6 +20,7 @@ from vllm_mini.config import (
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
+    SpeculativeConfig,
 )
 from vllm_mini.engine import arg_utils
 from vllm_mini.engine.arg_utils import EngineArgs
@@ -45,6 +46,8 @@ ENGINE_ONLY = {"disable_log_stats"}
 # Whole nested configs passed as one value (an int mode or a dict), as vLLM's --compilation-config:
 # None means the config's own defaults.
 NESTED = {"compilation_config": CompilationConfig}
+# Nested configs whose absence means the feature is off: None stays None.
+OPTIONAL_NESTED = {"speculative_config": SpeculativeConfig}
 
 
 def config_field_of(name: str) -> tuple[type, str] | None:
@@ -66,6 +69,10 @@ def test_engine_args_default_equals_the_config_default(name):
     if name in NESTED:
         assert getattr(EngineArgs(), name) is None
         assert NESTED[name].from_cli(None) == NESTED[name]()
+        return
+    if name in OPTIONAL_NESTED:
+        assert getattr(EngineArgs(), name) is None
+        assert OPTIONAL_NESTED[name].from_cli(None) is None
         return
     mapped = config_field_of(name)
     if mapped is None:
@@ -92,21 +99,26 @@ def test_create_engine_config_passes_every_field_to_its_config(monkeypatch):
     for cls in CONFIG_CLASSES:
         monkeypatch.setattr(arg_utils, cls.__name__, recorder(cls))
 
-    class NestedRecorder:
-        @staticmethod
-        def from_cli(value):
-            return (CompilationConfig, {"compilation_config": value})
+    def nested_recorder(cls, name):
+        class NestedRecorder:
+            @staticmethod
+            def from_cli(value):
+                return (cls, {name: value})
 
-    monkeypatch.setattr(arg_utils, "CompilationConfig", NestedRecorder)
+        return NestedRecorder
+
+    for name, cls in {**NESTED, **OPTIONAL_NESTED}.items():
+        monkeypatch.setattr(arg_utils, cls.__name__, nested_recorder(cls, name))
     monkeypatch.setattr(arg_utils, "VllmConfig", lambda **configs: dict(configs.values()))
     # The backend's constraints act on a real VllmConfig; this test only follows the fields.
     monkeypatch.setattr(arg_utils, "apply_backend_constraints", lambda config: config)
     values = {name: f"value-of-{name}" for name in ENGINE_FIELDS}
     received = EngineArgs(**values).create_engine_config()
-    for name in NESTED:
-        assert received[NESTED[name]][name] == values[name]
+    nested = {**NESTED, **OPTIONAL_NESTED}
+    for name, cls in nested.items():
+        assert received[cls][name] == values[name]
     for name in ENGINE_FIELDS:
-        if name in NESTED:
+        if name in nested:
             continue
         mapped = config_field_of(name)
         if mapped is not None:

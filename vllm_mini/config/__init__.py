@@ -11,6 +11,7 @@ from vllm_mini.config.load import LoadConfig
 from vllm_mini.config.model import ModelConfig
 from vllm_mini.config.parallel import ParallelConfig
 from vllm_mini.config.scheduler import SchedulerConfig
+from vllm_mini.config.speculative import SpeculativeConfig
 from vllm_mini.config.vllm import VllmConfig, get_current_vllm_config, set_current_vllm_config
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "ParallelConfig",
     "SchedulerConfig",
+    "SpeculativeConfig",
     "VllmConfig",
     "get_current_vllm_config",
     "set_current_vllm_config",

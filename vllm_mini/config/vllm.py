@@ -21,6 +21,7 @@ from vllm_mini.config.load import LoadConfig
 from vllm_mini.config.model import ModelConfig
 from vllm_mini.config.parallel import ParallelConfig
 from vllm_mini.config.scheduler import SchedulerConfig
+from vllm_mini.config.speculative import SpeculativeConfig
 from vllm_mini.logger import init_logger
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class VllmConfig:
     device_config: DeviceConfig = field(default_factory=DeviceConfig)
     attention_config: AttentionConfig = field(default_factory=AttentionConfig)
     compilation_config: CompilationConfig = field(default_factory=CompilationConfig)
+    # None: no speculative decoding (stage 11).
+    speculative_config: SpeculativeConfig | None = None
     # Built from model_config.quantization by the model loader (stage 7), which needs the method
     # classes of model_executor/; every layer reads it at construction.
     quant_config: QuantizationConfig | None = field(default=None, init=False)

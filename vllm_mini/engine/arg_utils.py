@@ -23,6 +23,7 @@ from vllm_mini.config import (
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
+    SpeculativeConfig,
     VllmConfig,
 )
 from vllm_mini.config.attention import ATTENTION_BACKENDS
@@ -48,6 +49,8 @@ _HELP = {
     "default: the checkpoint's own, and gguf for a .gguf model with --dtype auto (pass --dtype "
     "float32 to run a .gguf model dequantized)",
     "enforce_eager": "never compile the model or capture CUDA graphs",
+    "speculative_config": "JSON dict: method (ngram or draft_model), num_speculative_tokens, "
+    "prompt_lookup_min/max (ngram), model or num_draft_layers (draft_model)",
     "compilation_config": "an int mode (0 none, 1 torch.compile, 3 vllm_mini) or a JSON dict "
     "with mode, cudagraph_mode, cudagraph_capture_sizes, cache_dir",
 }
@@ -87,6 +90,8 @@ class EngineArgs:
     attention_backend: str | None = AttentionConfig.backend
     # VllmConfig.compilation_config, as one nested value (vLLM's -O / --compilation-config).
     compilation_config: CompilationConfig | dict | int | str | None = None
+    # VllmConfig.speculative_config (vLLM's --speculative-config), None: off.
+    speculative_config: SpeculativeConfig | dict | str | None = None
     # The engine's own knob, no config behind it.
     disable_log_stats: bool = False
 
@@ -155,6 +160,7 @@ class EngineArgs:
             device_config=DeviceConfig(device=self.device),
             attention_config=AttentionConfig(backend=self.attention_backend),
             compilation_config=CompilationConfig.from_cli(self.compilation_config),
+            speculative_config=SpeculativeConfig.from_cli(self.speculative_config),
         )
         # What the chosen attention backend cannot do is switched off here (config/ cannot ask
         # the backend: it sits below attention/ in the import layers).

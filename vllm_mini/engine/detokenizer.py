@@ -35,7 +35,22 @@ class IncrementalDetokenizer:
         self._backend = tokenizer.backend_tokenizer if self.enabled else None
 
     def update(self, new_token_ids: list[int], stop_terminated: bool) -> str | None:
-        """Append tokens; return the stop string if one was hit (the text is already cut)."""
+        """Append tokens; return the stop string if one was hit (the text is already cut).
+
+        Several tokens at once (speculative decoding accepts a few per step) are checked one by
+        one: the output must end at the token that completed the stop string, exactly as it
+        would have when tokens arrived singly; the tokens after it are dropped.
+        """
+        if len(new_token_ids) > 1 and self.stop and self.enabled:
+            last = len(new_token_ids) - 1
+            for i, token_id in enumerate(new_token_ids):
+                stop = self._update([token_id], stop_terminated and i == last)
+                if stop is not None:
+                    return stop
+            return None
+        return self._update(new_token_ids, stop_terminated)
+
+    def _update(self, new_token_ids: list[int], stop_terminated: bool) -> str | None:
         self.token_ids.extend(new_token_ids)
         if not self.enabled:
             return None

@@ -71,6 +71,17 @@ class EngineStats:
                 prefix_cache_hit_rate=s.prefix_cache_hit_rate,
                 num_preemptions=s.num_preemptions,
             )
+            spec = s.spec_decoding
+            if spec is not None:
+                d.update(
+                    spec_decode_num_drafts=spec.num_drafts,
+                    spec_decode_num_draft_tokens=spec.num_draft_tokens,
+                    spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
+                    spec_decode_acceptance_rate=spec.acceptance_rate,
+                    spec_decode_mean_acceptance_length=spec.mean_acceptance_length,
+                )
+                for pos, n in enumerate(spec.num_accepted_tokens_per_pos):
+                    d[f"spec_decode_num_accepted_tokens_pos{pos}"] = n
         if self.finished:
             for key in ("ttft", "tpot", "e2e"):
                 values = [getattr(f, key) for f in self.finished]
@@ -104,6 +115,8 @@ class LoggingStatLogger:
             100 * s.prefix_cache_hit_rate,
             s.num_preemptions,
         )
+        if s.spec_decoding is not None and s.spec_decoding.num_drafts:
+            logger.info("%s", s.spec_decoding.summary())
         self.last_time, self.last_prompt, self.last_gen = (
             now,
             stats.num_prompt_tokens,

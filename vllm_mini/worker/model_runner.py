@@ -12,6 +12,9 @@ and the sampled tokens. `execute_model` then:
   5. runs the model under the forward context, keeps only each request's last hidden state,
      computes logits for requests that reached the end of their known tokens, samples.
 Steps 2-4 are vectorized array ops; `compute_slot_mapping` below is the list version to read first.
+With speculative decoding (stage 11) a request's draft tokens are written after its last token,
+so they become ordinary input positions; its last 1 + k positions get logits, the rejection
+sampler keeps what the target agrees with, and the proposer drafts the next step's tokens.
 Next: engine/core.py.
 """
 
@@ -36,9 +39,11 @@ from vllm_mini.core.sched.output import (
     SchedulerOutput,
 )
 from vllm_mini.forward_context import set_forward_context
+from vllm_mini.model_executor.layers.rejection_sampler import RejectionSampler
 from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
 from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.spec_decode.ngram_proposer import NgramProposer
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
 
 __all__ = ["CachedRequestState", "ModelRunner", "compute_slot_mapping"]
@@ -61,6 +66,16 @@ class ModelRunner:
         )
         self.attn_backend = get_attn_backend(vllm_config.attention_config.backend)
         self.sampler = Sampler()
+        self.rejection_sampler = RejectionSampler()
+        spec = vllm_config.speculative_config
+        self.drafter: NgramProposer | None = None
+        if spec is not None and spec.method == "ngram":
+            self.drafter = NgramProposer(
+                spec.prompt_lookup_min,
+                spec.prompt_lookup_max,
+                spec.num_speculative_tokens,
+                self.model_config.max_model_len,
+            )
         self.model: torch.nn.Module | None = None
         self.attn_layers: list[Attention] = []
         self._paused_generators: dict[str, torch.Generator] = {}
@@ -213,6 +228,13 @@ class ModelRunner:
         req_ids = list(batch.req_ids)  # condensed: row i is req_ids[i]
         if not req_ids:
             return ModelRunnerOutput([], {}, [])
+        spec = so.scheduled_spec_decode_tokens
+        for req_id, drafts in spec.items():
+            # Drafts go right after the last real token: _prepare_inputs then reads them as the
+            # inputs of the extra positions. num_tokens is unchanged, so they are not "real".
+            row = batch.req_id_to_index[req_id]
+            start = int(batch.num_tokens_np[row])
+            batch.token_ids_np[row, start : start + len(drafts)] = drafts
         input_ids, positions, meta = self._prepare_inputs(so, req_ids)
         hidden_states = self._run_model(input_ids, positions, meta)
 
@@ -223,7 +245,9 @@ class ModelRunner:
         rows = [i for i in range(n) if meta.seq_lens_cpu[i] >= num_tokens[i]]
         sampled: list[list[int]] = [[] for _ in req_ids]
         logprobs = None
-        if rows:
+        if rows and spec:
+            sampled, logprobs = self._verify_drafts(hidden_states, meta, req_ids, rows, spec)
+        elif rows:
             last_token_idx = [meta.query_start_loc_cpu[i + 1] - 1 for i in rows]
             logits = self.model.compute_logits(
                 hidden_states[torch.tensor(last_token_idx, device=self.device)]
@@ -241,7 +265,60 @@ class ModelRunner:
             req_id_to_index=dict(batch.req_id_to_index),
             sampled_token_ids=sampled,
             logprobs=logprobs,
+            spec_token_ids=self._propose_drafts(rows, n) if self.drafter else None,
         )
+
+    # ------------------------------------------------------------ speculative decoding
+    def _verify_drafts(
+        self,
+        hidden_states: torch.Tensor,
+        meta: AttentionMetadata,
+        req_ids: list[str],
+        rows: list[int],
+        spec: dict[str, list[int]],
+    ) -> tuple[list[list[int]], LogprobsLists | None]:
+        """Logits at each sampling request's last 1 + k positions, through the rejection sampler."""
+        batch = self.input_batch
+        drafts = [spec.get(req_ids[i], []) for i in rows]
+        positions = []
+        for i, d in zip(rows, drafts):
+            end = meta.query_start_loc_cpu[i + 1]
+            positions.extend(range(end - 1 - len(d), end))
+        logits = self.model.compute_logits(
+            hidden_states[torch.tensor(positions, device=self.device)]
+        )
+        metadata = batch.sampling_metadata(None if len(rows) == len(req_ids) else rows)
+        out = self.rejection_sampler(logits.float(), drafts, metadata)
+        sampled: list[list[int]] = [[] for _ in req_ids]
+        for row, tokens in zip(rows, out.token_ids):
+            for token in tokens:
+                batch.append_token(row, token)
+            sampled[row] = tokens
+        logprobs = None
+        if out.logprobs_tensors is not None:
+            ids, lps, ranks = out.logprobs_tensors.tolists()
+            cu = [0]
+            for tokens in sampled:
+                cu.append(cu[-1] + len(tokens))
+            logprobs = LogprobsLists(ids, lps, ranks, cu_num_generated_tokens=cu)
+        return sampled, logprobs
+
+    def _propose_drafts(self, rows: list[int], num_reqs: int) -> list[list[int]]:
+        """Next step's drafts for every request that just sampled (the others get none)."""
+        batch = self.input_batch
+        drafts: list[list[int]] = [[] for _ in range(num_reqs)]
+        limit = self.vllm_config.speculative_config.disable_by_batch_size
+        if limit is not None and num_reqs >= limit:
+            return drafts
+        for i in rows:
+            output = batch.output_token_ids[i]
+            params = self.requests[batch.req_ids[i]].sampling_params
+            # The step after next emits at most drafts + 1 tokens: never more than max_tokens.
+            room = params.max_tokens - len(output) - 1
+            if room > 0:
+                tokens = batch.token_ids_np[i, : batch.num_tokens_np[i]]
+                drafts[i] = self.drafter.propose(tokens, room)
+        return drafts
 
     def _run_model(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata

@@ -1,10 +1,12 @@
 """The C++ CPU PagedAttention kernel (csrc/cpu/paged_attention.cpp), compiled at install time.
 
 Stage 4. Mirrors vLLM's CPU attention backend (vllm/v1/attention/backends/cpu_attn.py with
-csrc/cpu/cpu_attn.cpp): decode tokens go to the paged C++ kernel, while sequences with several new
+csrc/cpu/cpu_attn.cpp): decode tokens go to the paged C++ kernel, while sequences with many new
 tokens (prefills and prefill chunks) go to torch's SDPA, whose fused kernels use matrix-matrix
 products — many queries share each K/V row, which a one-query-at-a-time kernel cannot exploit.
-The C++ kernel itself handles any query length (the tests check it on prefills too).
+The C++ kernel itself handles any query length (the tests check it on prefills too), so short
+queries stay in it: a speculative-decoding step verifies 1 + k tokens per sequence (stage 11),
+and gathering the sequence's K/V for SDPA would cost more than attending to it.
 
 `pip install --no-build-isolation -e .` compiles the file with the system g++ (setup.py, like
 vLLM's setup.py builds its csrc/) into the extension module `vllm_mini._C`, which this file imports
@@ -16,6 +18,7 @@ with the fix, and the platform falls back to the `torch` backend.
 
 from __future__ import annotations
 
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -35,6 +38,10 @@ except ImportError as e:
     ) from e
 
 # In a source checkout the kernel's sources sit next to the package; an installed wheel has none.
+# Sequences with at most this many new tokens are attended by the C++ kernel (one query token
+# at a time); longer ones by SDPA. 8 covers a verifying step of up to 7 drafts.
+SHORT_QUERY = 8
+
 _CSRC_CPU = Path(__file__).resolve().parents[3] / "csrc" / "cpu"
 
 
@@ -79,24 +86,25 @@ def paged_attention(
 ) -> torch.Tensor:
     query = query.contiguous()
     out = torch.empty_like(query) if out is None else out
-    if max_query_len == 1:  # pure decode step: everything goes to the kernel
+    if max_query_len <= SHORT_QUERY:  # decode or draft verification: all of it to the kernel
         return paged_attention_kernel(
             query, key_cache, value_cache, block_table, seq_lens, query_start_loc, scale, out
         )
     q_lens = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
-    decode = [i for i, n in enumerate(q_lens) if n == 1]
-    prefill = [i for i, n in enumerate(q_lens) if n > 1]
+    short = [i for i, n in enumerate(q_lens) if n <= SHORT_QUERY]
+    prefill = [i for i, n in enumerate(q_lens) if n > SHORT_QUERY]
     starts = query_start_loc.tolist()
-    if decode:
-        rows = torch.tensor([starts[i] for i in decode])
-        idx = torch.tensor(decode)
+    if short:
+        rows = torch.tensor([t for i in short for t in range(starts[i], starts[i + 1])])
+        idx = torch.tensor(short)
+        sub_starts = torch.tensor([0, *accumulate(q_lens[i] for i in short)], dtype=torch.int32)
         sub_out = paged_attention_kernel(
             query[rows].contiguous(),
             key_cache,
             value_cache,
             block_table[idx],
             seq_lens[idx],
-            torch.arange(len(decode) + 1, dtype=torch.int32),
+            sub_starts,
             scale,
         )
         out[rows] = sub_out

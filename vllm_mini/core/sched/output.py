@@ -44,6 +44,9 @@ class SchedulerOutput:
     finished_req_ids: set[str]
     # Requests preempted this step: the runner drops their state too (they come back as new).
     preempted_req_ids: set[str]
+    # req_id -> the draft tokens it verifies this step (stage 11); they follow its last token
+    # and are counted in num_scheduled_tokens.
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -52,20 +55,29 @@ class SchedulerOutput:
 
 @dataclass
 class LogprobsLists:
-    """Per row: [sampled token, top-k...] ids, their logprobs, and the sampled token's rank."""
+    """Per row: [sampled token, top-k...] ids, their logprobs, and the sampled token's rank.
+
+    One row per request, or, when requests emit several tokens in a step (speculative
+    decoding), one row per emitted token: request i's rows are cu[i]:cu[i + 1] of
+    `cu_num_generated_tokens` (vLLM's field of the same name).
+    """
 
     logprob_token_ids: list[list[int]]
     logprobs: list[list[float]]
     sampled_token_ranks: list[int]
+    cu_num_generated_tokens: list[int] | None = None
 
 
 @dataclass
 class ModelRunnerOutput:
     req_ids: list[str]
     req_id_to_index: dict[str, int]
-    # One list per request: [token] when it sampled, [] when it ran a partial prefill chunk.
+    # One list per request: [token] when it sampled, [] when it ran a partial prefill chunk;
+    # with speculative decoding, its accepted drafts and then the token it sampled.
     sampled_token_ids: list[list[int]]
     logprobs: LogprobsLists | None = None
+    # Per request: draft tokens proposed for its next step (stage 11); None without a proposer.
+    spec_token_ids: list[list[int]] | None = None
 
 
 @dataclass

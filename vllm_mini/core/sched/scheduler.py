@@ -11,6 +11,13 @@ whole prompt, a chunk of one, or the single token it just sampled). Every step:
      blocks last; the prefix cache may already hold the start of their prompts;
   3. the step's decisions go to the model runner as a SchedulerOutput.
 After the runner returns, `update_from_output` appends sampled tokens and applies stop conditions.
+
+Speculative decoding (stage 11) adds one thing to "what a request still needs": its draft tokens.
+A decoding request with k drafts schedules 1 + k tokens (its last token, then the drafts), gets KV
+slots for all of them, and counts them as computed. When the runner reports that only a of the
+k were accepted, `num_computed_tokens` steps back by k - a: the rejected drafts' KV stays in
+slots the request already owns, beyond its computed length, where the next tokens overwrite it.
+No block is freed or leaked, and block hashes only ever cover real (accepted) tokens.
 Next: worker/model_runner.py.
 """
 
@@ -32,6 +39,7 @@ from vllm_mini.core.sched.output import (
 from vllm_mini.core.sched.request_queue import create_request_queue
 from vllm_mini.logger import init_logger
 from vllm_mini.request import Request, RequestStatus
+from vllm_mini.spec_decode.metrics import SpecDecodingStats
 
 logger = init_logger(__name__)
 
@@ -44,6 +52,7 @@ class SchedulerStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    spec_decoding: SpecDecodingStats | None = None
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -71,6 +80,10 @@ class Scheduler:
         # Finished since the last schedule(): the runner must drop their cached state.
         self.finished_req_ids: set[str] = set()
         self.num_preemptions = 0
+        spec = vllm_config.speculative_config
+        self.num_spec_tokens = spec.num_speculative_tokens if spec is not None else 0
+        # Counters since start-up (the /metrics counters and the benchmark read these).
+        self.spec_decoding_stats = SpecDecodingStats(self.num_spec_tokens) if spec else None
 
     # ----------------------------------------------------------------- requests in and out
     def add_request(self, request: Request) -> None:
@@ -112,12 +125,14 @@ class Scheduler:
         scheduled_running: list[Request] = []
         scheduled_new: list[Request] = []
         preempted: list[Request] = []
+        spec_tokens: dict[str, list[int]] = {}
 
         # 1. Running requests first: they already hold KV blocks, finishing them frees memory.
         idx = 0
         while idx < len(self.running) and token_budget > 0:
             request = self.running[idx]
-            num_new = min(request.num_tokens - request.num_computed_tokens, token_budget)
+            # With drafts: the last token plus as many drafts as the budget allows.
+            num_new = min(request.num_tokens_with_spec - request.num_computed_tokens, token_budget)
             blocks = self.kv_cache_manager.allocate_slots(request, num_new)
             while blocks is None:
                 victim = self._pick_victim()
@@ -127,6 +142,7 @@ class Scheduler:
                     scheduled_running.remove(victim)
                     token_budget += num_scheduled_tokens.pop(victim.request_id)
                     new_blocks.pop(victim.request_id)
+                    spec_tokens.pop(victim.request_id, None)
                     idx -= 1
                 if victim is request:
                     break
@@ -140,6 +156,12 @@ class Scheduler:
             num_scheduled_tokens[request.request_id] = num_new
             new_blocks[request.request_id] = blocks
             token_budget -= num_new
+            if request.spec_token_ids:
+                # Drafts are used once: verified now (those that fit), or dropped.
+                num_spec = num_new + request.num_computed_tokens - request.num_tokens
+                if num_spec > 0:
+                    spec_tokens[request.request_id] = request.spec_token_ids[:num_spec]
+                request.spec_token_ids = []
             idx += 1
 
         # 2. Admit waiting requests, unless memory was so tight that we just preempted.
@@ -181,6 +203,7 @@ class Scheduler:
             total_num_scheduled_tokens=sum(num_scheduled_tokens.values()),
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids={r.request_id for r in preempted},
+            scheduled_spec_decode_tokens=spec_tokens,
         )
         self.finished_req_ids = set()
         # Advance optimistically: the runner will compute exactly these tokens this step.
@@ -207,6 +230,7 @@ class Scheduler:
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.spec_token_ids = []  # proposed from a state the runner is about to drop
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.prepend_request(request)
@@ -231,18 +255,34 @@ class Scheduler:
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # aborted or preempted while the step ran
             index = runner_output.req_id_to_index[req_id]
-            new_token_ids = runner_output.sampled_token_ids[index]
-            if not new_token_ids:
+            generated = runner_output.sampled_token_ids[index]
+            if not generated:
                 continue  # a partial prefill chunk: nothing sampled yet
-            request.append_output_token_ids(new_token_ids)
-            stopped = self._check_stop(request)
+            drafts = scheduler_output.scheduled_spec_decode_tokens.get(req_id)
+            if drafts:
+                # len(generated) - 1 drafts were accepted; the rest of the drafts' KV is stale.
+                num_accepted = len(generated) - 1
+                request.num_computed_tokens -= len(drafts) - num_accepted
+                if self.spec_decoding_stats is not None:
+                    self.spec_decoding_stats.observe_draft(len(drafts), num_accepted)
+            # One token at a time, so a stop condition cuts the step's tokens where it fires.
+            new_token_ids: list[int] = []
+            stopped = False
+            for token in generated:
+                request.append_output_token_ids(token)
+                new_token_ids.append(token)
+                stopped = self._check_stop(request)
+                if stopped:
+                    break
+            if not stopped and runner_output.spec_token_ids is not None:
+                request.spec_token_ids = runner_output.spec_token_ids[index]
             outputs.append(
                 EngineCoreOutput(
                     request_id=req_id,
                     new_token_ids=new_token_ids,
                     finish_reason=request.get_finished_reason() if stopped else None,
                     stop_reason=request.stop_reason,
-                    new_logprobs=_row(runner_output.logprobs, index),
+                    new_logprobs=_rows(runner_output.logprobs, index, len(new_token_ids)),
                     num_cached_tokens=request.num_cached_tokens,
                 )
             )
@@ -280,14 +320,19 @@ class Scheduler:
             prefix_cache_queries=kv.prefix_cache_stats.queries,
             prefix_cache_hits=kv.prefix_cache_stats.hits,
             num_preemptions=self.num_preemptions,
+            spec_decoding=self.spec_decoding_stats,
         )
 
 
-def _row(logprobs: LogprobsLists | None, index: int) -> LogprobsLists | None:
+def _rows(logprobs: LogprobsLists | None, index: int, count: int) -> LogprobsLists | None:
+    """Request `index`'s logprob rows: its first `count` emitted tokens (a stop cuts the rest)."""
     if logprobs is None:
         return None
+    cu = logprobs.cu_num_generated_tokens
+    start = index if cu is None else cu[index]
+    end = start + count
     return LogprobsLists(
-        [logprobs.logprob_token_ids[index]],
-        [logprobs.logprobs[index]],
-        [logprobs.sampled_token_ranks[index]],
+        logprobs.logprob_token_ids[start:end],
+        logprobs.logprobs[start:end],
+        logprobs.sampled_token_ranks[start:end],
     )

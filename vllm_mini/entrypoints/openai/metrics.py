@@ -67,9 +67,26 @@ class EngineStateCollector(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self.model_name], float(stats.get(key, 0.0)))
             yield family
+        if "spec_decode_num_drafts" in stats:  # vLLM's speculative-decoding counters
+            counters += (
+                ("vllm:spec_decode_num_drafts", "Draft sequences verified.", "spec_decode_num_drafts"),
+                ("vllm:spec_decode_num_draft_tokens", "Draft tokens verified.", "spec_decode_num_draft_tokens"),
+                ("vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted.", "spec_decode_num_accepted_tokens"),
+            )  # fmt: skip
         for name, doc, key in counters:
             family = CounterMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self.model_name], float(stats.get(key, 0)))
+            yield family
+        positions = sorted(k for k in stats if k.startswith("spec_decode_num_accepted_tokens_pos"))
+        if positions:
+            family = CounterMetricFamily(
+                "vllm:spec_decode_num_accepted_tokens_per_pos",
+                "Draft tokens accepted, by position in the draft.",
+                labels=["model_name", "position"],
+            )
+            for key in positions:
+                pos = key.removeprefix("spec_decode_num_accepted_tokens_pos")
+                family.add_metric([self.model_name, pos], float(stats[key]))
             yield family
 
 
