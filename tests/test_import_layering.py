@@ -44,12 +44,12 @@ LAYERS: dict[str, int] = {
     "model_executor": 3,
     # 3 also: torch.compile of a model and its CUDA-graph runner (stage 6).
     "compilation": 3,
-    # 3 also: speculative decoding's proposers and their metrics (stage 11); a draft model is a
-    # model, and the scheduler and runner above use both.
-    "spec_decode": 3,
     # 4 KV-cache blocks and scheduling: requests, never tensors.
     "core": 4,
     "request": 4,
+    # 4 also: speculative decoding's proposers and their metrics (stage 11). A draft model is a
+    # model with its own KV blocks; the scheduler counts acceptances, the runner proposes.
+    "spec_decode": 4,
     # 5 running steps: worker, engine, what it returns, and the stats about it.
     "worker": 5,
     "engine": 5,

@@ -44,7 +44,7 @@ def run(model_dir, spec, params=None, **kwargs):
     return [list(o.outputs[0].token_ids) for o in outs], core.scheduler
 
 
-@pytest.mark.parametrize(
+ENGINE_CASES = pytest.mark.parametrize(
     "engine_kwargs",
     [
         {},
@@ -54,6 +54,9 @@ def run(model_dir, spec, params=None, **kwargs):
     ],
     ids=["plain", "preemption", "prefix-caching", "chunked-prefill"],
 )
+
+
+@ENGINE_CASES
 def test_greedy_ngram_equals_plain_decoding(tiny_llama_dir, engine_kwargs):
     ref, _ = run(tiny_llama_dir, None, **engine_kwargs)
     outs, scheduler = run(tiny_llama_dir, NGRAM, **engine_kwargs)
@@ -133,3 +136,74 @@ def test_seeded_sampling_with_speculation_repeats_and_n_gt_1_works(tiny_llama_di
     stats = llm.llm_engine.get_stats()
     assert stats["spec_decode_num_draft_tokens"] > 0
     assert "spec_decode_num_accepted_tokens_pos0" in stats
+
+
+def draft(model_dir=None, layers=None, k=3):
+    spec = {"method": "draft_model", "num_speculative_tokens": k}
+    if model_dir is not None:
+        spec["model"] = str(model_dir)
+    if layers is not None:
+        spec["num_draft_layers"] = layers
+    return spec
+
+
+@ENGINE_CASES
+def test_greedy_draft_model_equals_plain_decoding(tiny_llama_dir, engine_kwargs):
+    """A 1-layer draft (the target's first layer) guesses poorly but must change nothing."""
+    ref, _ = run(tiny_llama_dir, None, **engine_kwargs)
+    outs, scheduler = run(tiny_llama_dir, draft(layers=1), **engine_kwargs)
+    assert outs == ref
+    assert scheduler.spec_decoding_stats.num_draft_tokens > 0
+
+
+def test_the_target_as_its_own_draft_is_always_accepted(tiny_llama_dir):
+    """Draft == target: greedy drafts are the target's argmax, so every one is accepted — which
+    also proves the draft's KV, positions and slots line up with the target's, step after step.
+    Random drafts come from q == p, so min(1, p/q) is 1 up to rounding."""
+    outs, scheduler = run(tiny_llama_dir, draft(model_dir=tiny_llama_dir), max_num_seqs=3)
+    assert scheduler.spec_decoding_stats.acceptance_rate == 1.0
+    params = [SamplingParams(temperature=1.0, max_tokens=n, ignore_eos=True, seed=i)
+              for i, n in enumerate(MAX_TOKENS)]  # fmt: skip
+    _, scheduler = run(tiny_llama_dir, draft(model_dir=tiny_llama_dir), params)
+    assert scheduler.spec_decoding_stats.acceptance_rate > 0.97
+
+
+def test_draft_model_errors_and_kv_budget(tiny_llama_dir, tmp_path):
+    from tests.conftest import make_tiny_checkpoint
+
+    other = make_tiny_checkpoint(tmp_path / "other_vocab", "llama", vocab_size=200)
+    with pytest.raises(ValueError, match=r"vocabulary \(200 tokens\) differs"):
+        LLM(str(tiny_llama_dir), speculative_config=draft(model_dir=other))
+    with pytest.raises(ValueError, match="num_draft_layers \\(5\\) is more than"):
+        LLM(str(tiny_llama_dir), speculative_config=draft(layers=5))
+    # The draft's K/V share each block: the same budget holds half as many blocks when the
+    # draft is as big as the target.
+    plain = LLM(str(tiny_llama_dir), kv_cache_memory_bytes=1 << 20)
+    spec = LLM(str(tiny_llama_dir), kv_cache_memory_bytes=1 << 20,
+               speculative_config=draft(model_dir=tiny_llama_dir))  # fmt: skip
+    blocks = plain.llm_engine.engine_core.num_blocks
+    assert spec.llm_engine.engine_core.num_blocks == blocks // 2
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_speculation_changes_no_token(smollm2_gguf):
+    """The real default model: n-gram and self-speculative drafts on a prompt it must copy."""
+    code = "def area(w, h):\n    return w * h\n\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
+    messages = [[{"role": "user", "content": f"Add a docstring to each function:\n\n{code}"}]]
+    params = SamplingParams(temperature=0.0, max_tokens=64)
+    outputs = {}
+    for name, spec in (
+        ("plain", None),
+        ("ngram", {**NGRAM, "prompt_lookup_min": 2, "prompt_lookup_max": 4}),
+        ("draft", draft(layers=4, k=2)),
+    ):
+        llm = LLM(str(smollm2_gguf), speculative_config=spec)
+        outputs[name] = llm.chat(messages, params, use_tqdm=False)[0].outputs[0]
+        if spec is not None:
+            stats = llm.llm_engine.engine_core.scheduler.spec_decoding_stats
+            assert stats.num_draft_tokens > 0
+            if name == "ngram":  # the answer quotes the code: prompt lookup must hit
+                assert stats.acceptance_rate > 0.3
+    assert outputs["ngram"].token_ids == outputs["plain"].token_ids
+    assert outputs["draft"].token_ids == outputs["plain"].token_ids
+    assert outputs["ngram"].text == outputs["plain"].text

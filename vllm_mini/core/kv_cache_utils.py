@@ -132,6 +132,15 @@ def get_kv_cache_shape(
     return (2, num_blocks, block_size, num_kv_heads, head_size)
 
 
+def kv_bytes_per_block(
+    num_layers: int, block_size: int, num_kv_heads: int, head_size: int, dtype: torch.dtype
+) -> int:
+    """One block stores, for every layer, K and V for block_size tokens:
+    bytes = 2 * num_layers * block_size * num_kv_heads * head_size * element_size."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    return 2 * num_layers * block_size * num_kv_heads * head_size * elem
+
+
 def get_num_blocks(
     kv_cache_memory_bytes: int,
     num_layers: int,
@@ -139,14 +148,12 @@ def get_num_blocks(
     num_kv_heads: int,
     head_size: int,
     dtype: torch.dtype,
+    extra_bytes_per_block: int = 0,
 ) -> int:
-    """How many blocks fit in the budget.
-
-    One block stores, for every layer, K and V for block_size tokens:
-    bytes = 2 * num_layers * block_size * num_kv_heads * head_size * element_size.
-    """
-    elem = torch.tensor([], dtype=dtype).element_size()
-    per_block = 2 * num_layers * block_size * num_kv_heads * head_size * elem
+    """How many blocks fit in the budget (kv_bytes_per_block each, plus `extra_bytes_per_block`:
+    a draft model's own K/V in the same blocks, stage 11)."""
+    per_block = kv_bytes_per_block(num_layers, block_size, num_kv_heads, head_size, dtype)
+    per_block += extra_bytes_per_block
     num_blocks = kv_cache_memory_bytes // per_block
     if num_blocks < 1:
         raise ValueError(

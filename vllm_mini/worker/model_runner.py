@@ -43,6 +43,7 @@ from vllm_mini.model_executor.layers.rejection_sampler import RejectionSampler
 from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
 from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.spec_decode.draft_model import DraftModelProposer
 from vllm_mini.spec_decode.ngram_proposer import NgramProposer
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
 
@@ -68,7 +69,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.rejection_sampler = RejectionSampler()
         spec = vllm_config.speculative_config
-        self.drafter: NgramProposer | None = None
+        self.drafter: NgramProposer | DraftModelProposer | None = None
         if spec is not None and spec.method == "ngram":
             self.drafter = NgramProposer(
                 spec.prompt_lookup_min,
@@ -76,6 +77,8 @@ class ModelRunner:
                 spec.num_speculative_tokens,
                 self.model_config.max_model_len,
             )
+        elif spec is not None:
+            self.drafter = DraftModelProposer(vllm_config)
         self.model: torch.nn.Module | None = None
         self.attn_layers: list[Attention] = []
         self._paused_generators: dict[str, torch.Generator] = {}
@@ -87,6 +90,8 @@ class ModelRunner:
         self.static_forward_context = {layer.layer_name: layer for layer in self.attn_layers}
         self.model = maybe_compile(model, self.vllm_config.compilation_config)
         self.cudagraph_runner = self._make_cudagraph_runner()
+        if isinstance(self.drafter, DraftModelProposer):
+            self.drafter.load_model()
 
     def _make_cudagraph_runner(self) -> CUDAGraphRunner | None:
         """Decode steps through static, padded buffers (stage 6; compilation/cuda_graph.py)."""
@@ -124,6 +129,8 @@ class ModelRunner:
             # zeros, not empty: kernels never read unwritten slots, but garbage NaNs would be hard
             # to debug if one ever did.
             layer.kv_cache = torch.zeros(shape, dtype=self.model_config.dtype, device=self.device)
+        if isinstance(self.drafter, DraftModelProposer):
+            self.drafter.initialize_kv_cache(num_blocks)  # same blocks, the draft's own layers
 
     # ---------------------------------------------------------------- persistent batch
     def _update_states(self, so: SchedulerOutput) -> None:
@@ -138,6 +145,8 @@ class ModelRunner:
                 self._paused_generators[req_id] = state.generator
         for req_id in so.finished_req_ids:
             self._paused_generators.pop(req_id, None)
+        if isinstance(self.drafter, DraftModelProposer):
+            self.drafter.remove_requests(gone)
         if gone:
             for layer in self.attn_layers:  # backends that keep per-request memory free it
                 layer.impl.free_requests(gone)
@@ -288,7 +297,12 @@ class ModelRunner:
             hidden_states[torch.tensor(positions, device=self.device)]
         )
         metadata = batch.sampling_metadata(None if len(rows) == len(req_ids) else rows)
-        out = self.rejection_sampler(logits.float(), drafts, metadata)
+        draft_probs = None
+        if isinstance(self.drafter, DraftModelProposer):  # sampled drafts: their q matters
+            draft_probs = [
+                self.drafter.take_draft_probs(req_ids[i], len(d)) for i, d in zip(rows, drafts)
+            ]
+        out = self.rejection_sampler(logits.float(), drafts, metadata, draft_probs)
         sampled: list[list[int]] = [[] for _ in req_ids]
         for row, tokens in zip(rows, out.token_ids):
             for token in tokens:
@@ -310,11 +324,33 @@ class ModelRunner:
         limit = self.vllm_config.speculative_config.disable_by_batch_size
         if limit is not None and num_reqs >= limit:
             return drafts
+        rooms = []
         for i in rows:
-            output = batch.output_token_ids[i]
             params = self.requests[batch.req_ids[i]].sampling_params
-            # The step after next emits at most drafts + 1 tokens: never more than max_tokens.
-            room = params.max_tokens - len(output) - 1
+            # The step after next emits at most drafts + 1 tokens: never more than max_tokens,
+            # and the drafts' positions must stay below max_model_len.
+            rooms.append(
+                min(
+                    params.max_tokens - len(batch.output_token_ids[i]) - 1,
+                    self.model_config.max_model_len - int(batch.num_tokens_np[i]),
+                )
+            )
+        if isinstance(self.drafter, DraftModelProposer):
+            md = batch.sampling_metadata(None if len(rows) == num_reqs else rows)
+            proposed = self.drafter.propose(
+                list(batch.req_ids[:num_reqs]),
+                batch.token_ids_np,
+                batch.num_tokens_np[:num_reqs].tolist(),
+                batch.block_table.get_block_table(num_reqs),
+                batch.block_table.compute_slot_mapping,
+                rows,
+                rooms,
+                md,
+            )
+            for i, d in zip(rows, proposed):
+                drafts[i] = d
+            return drafts
+        for i, room in zip(rows, rooms):
             if room > 0:
                 tokens = batch.token_ids_np[i, : batch.num_tokens_np[i]]
                 drafts[i] = self.drafter.propose(tokens, room)

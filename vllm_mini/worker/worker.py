@@ -120,6 +120,8 @@ class Worker:
         model = self.vllm_config.model_config
         if cache.num_gpu_blocks_override is not None:
             return cache.num_gpu_blocks_override
+        # A draft model (stage 11) keeps its own K/V in the same blocks: a block costs both.
+        drafter = self.model_runner.drafter
         num_blocks = get_num_blocks(
             self.determine_available_memory(),
             model.num_layers,
@@ -127,6 +129,7 @@ class Worker:
             model.num_kv_heads,
             model.head_size,
             model.dtype,
+            extra_bytes_per_block=getattr(drafter, "kv_bytes_per_block", lambda: 0)(),
         )
         # No request can ever need more than max_num_seqs full-length sequences' worth of blocks.
         blocks_per_seq = -(-model.max_model_len // cache.block_size)

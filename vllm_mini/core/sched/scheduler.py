@@ -82,6 +82,11 @@ class Scheduler:
         self.num_preemptions = 0
         spec = vllm_config.speculative_config
         self.num_spec_tokens = spec.num_speculative_tokens if spec is not None else 0
+        # A draft model writes KV for its own drafts at the positions after a request's tokens
+        # (spec_decode/draft_model.py): each allocation reserves that many slots beyond them.
+        self.num_lookahead_tokens = (
+            self.num_spec_tokens if spec is not None and spec.method == "draft_model" else 0
+        )
         # Counters since start-up (the /metrics counters and the benchmark read these).
         self.spec_decoding_stats = SpecDecodingStats(self.num_spec_tokens) if spec else None
 
@@ -133,7 +138,9 @@ class Scheduler:
             request = self.running[idx]
             # With drafts: the last token plus as many drafts as the budget allows.
             num_new = min(request.num_tokens_with_spec - request.num_computed_tokens, token_budget)
-            blocks = self.kv_cache_manager.allocate_slots(request, num_new)
+            blocks = self.kv_cache_manager.allocate_slots(
+                request, num_new, num_lookahead_tokens=self.num_lookahead_tokens
+            )
             while blocks is None:
                 victim = self._pick_victim()
                 self._preempt(victim)
@@ -146,7 +153,9 @@ class Scheduler:
                     idx -= 1
                 if victim is request:
                     break
-                blocks = self.kv_cache_manager.allocate_slots(request, num_new)
+                blocks = self.kv_cache_manager.allocate_slots(
+                    request, num_new, num_lookahead_tokens=self.num_lookahead_tokens
+                )
             if blocks is None:
                 # `request` itself was the one to go: the cache is full of requests that rank
                 # above it, so nothing later in the queue can be scheduled either (vLLM stops
@@ -178,7 +187,11 @@ class Scheduler:
                 break
             num_new = min(num_new, token_budget)
             blocks = self.kv_cache_manager.allocate_slots(
-                request, num_new, num_computed, computed_blocks
+                request,
+                num_new,
+                num_computed,
+                computed_blocks,
+                num_lookahead_tokens=self.num_lookahead_tokens,
             )
             if blocks is None:
                 break

@@ -8,7 +8,7 @@ iterator of (HF name, tensor). Only the iterator differs. Next: models/llama.py'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -93,7 +93,11 @@ def _set_quant_config(vllm_config: VllmConfig) -> None:
     vllm_config.quant_config = quant_config
 
 
-def get_model(vllm_config: VllmConfig) -> nn.Module:
+def get_model(
+    vllm_config: VllmConfig, keep_weight: Callable[[str], bool] | None = None
+) -> nn.Module:
+    """Build the model and load its weights; `keep_weight(name)` False skips a checkpoint tensor
+    (a draft model made of the target's first layers skips the rest, stage 11)."""
     model_config = vllm_config.model_config
     _set_quant_config(vllm_config)
     model_cls = ModelRegistry.resolve_model_cls(
@@ -112,7 +116,11 @@ def get_model(vllm_config: VllmConfig) -> nn.Module:
         _init_dummy_weights(model, model_config.seed)
     else:
         with torch.no_grad():
-            model.load_weights((name, t.to(device)) for name, t in weights)
+            model.load_weights(
+                (name, t.to(device))
+                for name, t in weights
+                if keep_weight is None or keep_weight(name)
+            )
     process_weights_after_loading(model)
     logger.info(
         "loaded %s (%s, %.1fM params, %s) on %s",
