@@ -13,6 +13,7 @@ checked to be identical (greedy speculation must change nothing).
 of the number of query tokens it carries (1 = a decode step, 1 + k = verifying k drafts).
 
     python benchmarks/spec_decode.py [--dtype auto|float32] [--k 4] [--scan]
+    python benchmarks/spec_decode.py --method draft_model --draft-layers 16   # self-speculation
 """
 
 from __future__ import annotations
@@ -137,42 +138,48 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
     parser.add_argument("--lookup-min", type=int, default=2)
     parser.add_argument("--lookup-max", type=int, default=4)
+    parser.add_argument("--method", choices=["ngram", "draft_model"], default="ngram")
+    parser.add_argument("--draft-model", default=None, help="draft checkpoint (draft_model)")
+    parser.add_argument(
+        "--draft-layers", type=int, default=None, help="draft = the target's first N layers"
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--scan", action="store_true")
     args = parser.parse_args()
-    spec = {
-        "method": "ngram",
-        "num_speculative_tokens": args.k,
-        "prompt_lookup_min": args.lookup_min,
-        "prompt_lookup_max": args.lookup_max,
-    }
+    if args.method == "ngram":
+        spec = {"prompt_lookup_min": args.lookup_min, "prompt_lookup_max": args.lookup_max}
+        label = f"ngram k={args.k}, lookup {args.lookup_min}-{args.lookup_max}"
+    else:
+        spec = {"model": args.draft_model, "num_draft_layers": args.draft_layers}
+        label = f"draft model {args.draft_model or 'target'} k={args.k}"
+        label += f", first {args.draft_layers} layers" if args.draft_layers else ""
+    spec.update(method=args.method, num_speculative_tokens=args.k)
     engines = {
         "plain": LLM(args.model, dtype=args.dtype, enable_prefix_caching=False),
-        "ngram": LLM(
+        "spec": LLM(
             args.model, dtype=args.dtype, enable_prefix_caching=False, speculative_config=spec
         ),
     }
     print(
         f"model {args.model or 'default (SmolLM2-135M-Instruct GGUF)'}, dtype {args.dtype}, "
-        f"threads {torch.get_num_threads()}, greedy, max_tokens {args.max_tokens}; ngram k="
-        f"{args.k}, lookup {args.lookup_min}-{args.lookup_max}"
+        f"threads {torch.get_num_threads()}, greedy, max_tokens {args.max_tokens}; {label}"
     )
     print("decode tok/s (after the first token) and, in brackets, end-to-end tok/s")
     print(
-        f"{'workload':<12} {'batch':>5} {'plain':>15} {'ngram':>15} {'ratio':>12} "
+        f"{'workload':<12} {'batch':>5} {'plain':>15} {'spec':>15} {'ratio':>12} "
         f"{'accept':>7} {'mean len':>8} {'same':>5}"
     )
     for name, prompts in (("copy-heavy", COPY_HEAVY), ("open-ended", OPEN_ENDED)):
         for batch in args.batches:
-            scheduler = engines["ngram"].llm_engine.engine_core.scheduler
+            scheduler = engines["spec"].llm_engine.engine_core.scheduler
             before = (
                 scheduler.spec_decoding_stats.num_drafts,
                 scheduler.spec_decoding_stats.num_draft_tokens,
                 scheduler.spec_decoding_stats.num_accepted_tokens,
             )
             plain, plain_e2e, plain_out = run(engines["plain"], prompts, args.max_tokens, batch)
-            fast, fast_e2e, fast_out = run(engines["ngram"], prompts, args.max_tokens, batch)
+            fast, fast_e2e, fast_out = run(engines["spec"], prompts, args.max_tokens, batch)
             stats = scheduler.spec_decoding_stats
             drafts = stats.num_drafts - before[0]
             proposed = stats.num_draft_tokens - before[1]
@@ -186,7 +193,7 @@ def main() -> None:
                 f"{rate:>7.2f} {mean_len:>8.2f} {same:>5}",
                 flush=True,
             )
-    print("\n" + engines["ngram"].llm_engine.engine_core.scheduler.spec_decoding_stats.summary())
+    print("\n" + engines["spec"].llm_engine.engine_core.scheduler.spec_decoding_stats.summary())
     if args.scan:
         forward_time_scan(engines["plain"], [1, 2, 3, 4, 5, 6, 8])
 
