@@ -7,7 +7,7 @@
 //
 // Design: output rows are split over torch's threads (at::parallel_for); for each row n
 // - Q4_0, Q4_1, Q8_0 with AVX-512 (the fused path): each 32-weight block is widened to two
-//   vectors of 16 float levels in registers and multiplied with up to 4 rows of x at once;
+//   vectors of 16 float levels in registers and multiplied with up to 8 rows of x at once;
 // - every other format (and the portable build): the row is decoded into a float buffer of K
 //   values (it stays in L1/L2), then dotted with each of the M rows of x.
 // Either way a row's bytes are read once per call however many tokens share it, and all
@@ -287,7 +287,8 @@ inline void decode32(const uint8_t* b, __m512& w0, __m512& w1, float& d, float& 
   }
 }
 
-// out[r] = dot(row, x[r]) for R rows of x (R <= 4: R accumulators stay in registers).
+// out[r] = dot(row, x[r]) for R rows of x (R <= 8: R accumulators stay in registers, next to
+// the two decoded weight vectors; AVX-512 has 32 of them).
 template <int64_t T, int R>
 inline void fused_dot_rows(const uint8_t* row, const float* x, int64_t K, int64_t num_blocks,
                            int64_t type_size, const float* xsum, float* out) {
@@ -323,20 +324,29 @@ void fused_gemm(const float* x, const uint8_t* w, float* y, int64_t M, int64_t N
       for (int j = 0; j < 32; ++j) xsum[i] += x[i * 32 + j];
   }
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1));
+  // Tiles of up to 8 rows of x share one decode of each weight block. 8, not 4: a speculative-
+  // decoding step verifies 1 + k tokens (stage 11), and with k = 4 a 4-row tile would decode
+  // every block twice for the fifth token.
+  constexpr int64_t kTile = 8;
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    float out[4];
+    float out[kTile];
     for (int64_t n = begin; n < end; ++n) {
       const uint8_t* row = w + n * row_bytes;
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {  // tiles of up to 4 rows of x share a decode
+      for (int64_t m0 = 0; m0 < M; m0 += kTile) {
         const float* xt = x + m0 * K;
         const float* st = xsum.data() + m0 * num_blocks;
-        switch (std::min<int64_t>(4, M - m0)) {
+        const int64_t rows = std::min<int64_t>(kTile, M - m0);
+        switch (rows) {
           case 1: fused_dot_rows<T, 1>(row, xt, K, num_blocks, type_size, st, out); break;
           case 2: fused_dot_rows<T, 2>(row, xt, K, num_blocks, type_size, st, out); break;
           case 3: fused_dot_rows<T, 3>(row, xt, K, num_blocks, type_size, st, out); break;
-          default: fused_dot_rows<T, 4>(row, xt, K, num_blocks, type_size, st, out);
+          case 4: fused_dot_rows<T, 4>(row, xt, K, num_blocks, type_size, st, out); break;
+          case 5: fused_dot_rows<T, 5>(row, xt, K, num_blocks, type_size, st, out); break;
+          case 6: fused_dot_rows<T, 6>(row, xt, K, num_blocks, type_size, st, out); break;
+          case 7: fused_dot_rows<T, 7>(row, xt, K, num_blocks, type_size, st, out); break;
+          default: fused_dot_rows<T, 8>(row, xt, K, num_blocks, type_size, st, out);
         }
-        for (int64_t r = 0; r < std::min<int64_t>(4, M - m0); ++r) y[(m0 + r) * N + n] = out[r];
+        for (int64_t r = 0; r < rows; ++r) y[(m0 + r) * N + n] = out[r];
       }
     }
   });

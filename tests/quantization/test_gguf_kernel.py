@@ -47,7 +47,7 @@ def test_kernel_dequantize_equals_reference(type_name):
 
 
 @pytest.mark.parametrize("type_name", QUANTIZED_TYPES + FLOAT_TYPES)
-@pytest.mark.parametrize("num_tokens", [1, 3, 17, 64])
+@pytest.mark.parametrize("num_tokens", [1, 3, 5, 8, 17, 64])
 def test_gguf_matmul_equals_reference(type_name, num_tokens):
     type_id = GGML_TYPE_BY_NAME[type_name].type_id
     for cols in _cols(type_name):
