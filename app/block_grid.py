@@ -3,7 +3,9 @@
 Stage 4 teaching tool. Mirrors the data of vllm/v1/core/block_pool.py (every physical block, its
 ref count and its hash while it sits cached in the free queue) and of kv_cache_manager.py (each
 request's block table, logical block i -> physical block). Pure functions from a StepTrace to an
-HTML string, so tests can check them without Streamlit. Next: step_views.py.
+HTML string, so tests can check them without Streamlit. Stage 11: the slots that rejected draft
+tokens wrote this step are hatched as "rolled back" (vllm/v1/core/sched/scheduler.py
+`update_from_output` lowers num_computed_tokens past them). Next: step_views.py.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ CSS = """
 .kv-cell .kv-fill { position: absolute; left: 0; bottom: 0; top: 0; opacity: .55; }
 .kv-cell span { position: relative; }
 .kv-empty { color: #999; font-style: italic; }
+.kv-cell .kv-rolled { position: absolute; top: 0; bottom: 0; border-left: 1px dashed #b00;
+  background: repeating-linear-gradient(45deg, #d33 0 2px, transparent 2px 5px); opacity: .8; }
+.kv-block[data-rolled-back] { outline: 2px dashed #d33; outline-offset: 1px; }
+.kv-legend .kv-cell { width: 22px; height: 16px; display: inline-block; line-height: 16px; }
 </style>
 """
 
@@ -76,9 +82,26 @@ def _background(owner_ids: list[str], colors: dict[str, str]) -> str:
     return f"repeating-linear-gradient(135deg, {', '.join(stops)})"
 
 
-def block_grid_html(step: StepTrace, colors: dict[str, str]) -> str:
-    """The whole physical pool: one square per block, colored by owner, hatched when cached."""
+def rolled_back_by_block(step: StepTrace, block_size: int) -> dict[int, int]:
+    """Physical block id -> slots in it that rejected drafts wrote this step (stage 11)."""
+    rolled: dict[int, int] = {}
+    for r in step.requests:
+        for logical, physical in enumerate(r.block_ids):
+            n = len(
+                rolled_back_slots(r.num_computed_tokens, r.rejected_tokens, logical, block_size)
+            )
+            if n:
+                rolled[physical] = rolled.get(physical, 0) + n
+    return rolled
+
+
+def block_grid_html(step: StepTrace, colors: dict[str, str], block_size: int = 0) -> str:
+    """The whole physical pool: one square per block, colored by owner, hatched when cached.
+
+    With `block_size`, blocks holding rolled-back draft slots get a dashed red outline.
+    """
     owners = block_owners(step)
+    rolled = rolled_back_by_block(step, block_size) if block_size else {}
     cells = []
     for block_id, (state, ref_cnt, block_hash) in enumerate(step.blocks):
         owner_ids = owners.get(block_id, [])
@@ -95,9 +118,14 @@ def block_grid_html(step: StepTrace, colors: dict[str, str]) -> str:
             title += f", hash {block_hash}"
         if owner_ids:
             title += f", used by {', '.join(owner_ids)}"
+        extra = ""
+        if block_id in rolled:
+            title += f", {rolled[block_id]} slots rolled back (rejected drafts)"
+            extra = f' data-rolled-back="{rolled[block_id]}"'
         cells.append(
             f'<div class="kv-block kv-{escape(state)}" data-block-id="{block_id}" '
-            f'data-state="{escape(state)}" data-ref-cnt="{ref_cnt}" title="{escape(title)}"{style}>'
+            f'data-state="{escape(state)}" data-ref-cnt="{ref_cnt}"{extra} title="{escape(title)}"'
+            f"{style}>"
             f'<span class="kv-id">#{block_id}</span><span class="kv-owner">{escape(label)}</span>'
             f"{badge}</div>"
         )
@@ -120,37 +148,88 @@ def legend_html() -> str:
     return f'<div class="kv-legend">{"".join(parts)}</div>'
 
 
+def tables_legend_html() -> str:
+    """Legend of the block tables when the trace has speculative decoding."""
+    fill = '<span class="kv-cell"><span class="kv-fill" style="width: 60%; background: #4e79a7">'
+    rolled = '<span class="kv-cell"><span class="kv-rolled" style="left: 40%; width: 60%">'
+    items = [
+        (fill, "computed KV (the first num_computed_tokens slots)"),
+        (rolled, "rolled back: KV written for drafts the target rejected this step, past "
+                 "num_computed_tokens, overwritten by the next step"),
+    ]  # fmt: skip
+    parts = [f"<span>{cell}</span></span> {escape(text)}</span>" for cell, text in items]
+    return f'<div class="kv-legend" id="kv-tables-legend">{"".join(parts)}</div>'
+
+
+def spec_summary(spec: int, accepted: int, rejected: int) -> str:
+    """ "3 drafts verified, 1 accepted, 2 slots rolled back" (the cells' and header's title)."""
+    return f"{spec} drafts verified, {accepted} accepted, {rejected} slots rolled back"
+
+
+def rolled_back_slots(computed: int, rejected: int, logical: int, block_size: int) -> range:
+    """Offsets inside logical block `logical` of the positions computed .. computed+rejected-1."""
+    start = max(computed, logical * block_size)
+    end = min(computed + rejected, (logical + 1) * block_size)
+    return range(start - logical * block_size, max(end, start) - logical * block_size)
+
+
 def block_tables_html(step: StepTrace, block_size: int, colors: dict[str, str]) -> str:
     """Each live request's block table: logical block i -> physical block, with its fill level.
 
     A block holds KV for `block_size` token positions; the KV of the first `num_computed_tokens`
     positions is written, so all blocks but the last are full and the last is partly filled.
+    With speculative decoding, the target also wrote KV for every draft it verified; the
+    rejected ones' slots lie just past num_computed_tokens (hatched "rolled back"). Nothing frees
+    them: the request still owns the block, and its next step writes the real tokens there.
     """
     rows = []
     for request in step.requests:
         color = colors.get(request.request_id, "#bbb")
+        computed, rejected = request.num_computed_tokens, request.rejected_tokens
+        summary = spec_summary(request.spec_tokens, request.accepted_tokens, rejected)
+        spec = ""
+        if request.spec_tokens:
+            # One step = the last token's successor (+1) plus every accepted draft.
+            spec = (
+                f' <span class="kv-spec" title="{escape(summary)}">+1 token '
+                f"+{request.accepted_tokens} drafts accepted, {rejected} rolled back</span>"
+            )
         head = (
             f'<span class="kv-req" style="background: {color}">{escape(request.request_id)} '
-            f"{escape(request.status.lower())} {request.num_computed_tokens}/"
-            f"{request.num_tokens} tok</span>"
+            f"{escape(request.status.lower())} {computed}/{request.num_tokens} tok{spec}</span>"
         )
         cells = []
         for logical, physical in enumerate(request.block_ids):
-            filled = min(max(request.num_computed_tokens - logical * block_size, 0), block_size)
+            filled = min(max(computed - logical * block_size, 0), block_size)
             ref_cnt = step.blocks[physical][1] if physical < len(step.blocks) else 0
             shared = f" shared ×{ref_cnt}" if ref_cnt > 1 else ""
             title = f"logical {logical} -> physical {physical}: {filled}/{block_size} slots{shared}"
+            rolled = rolled_back_slots(computed, rejected, logical, block_size)
+            overlay, data = "", ""
+            if rolled:
+                title += f"; {len(rolled)} rolled back ({summary})"
+                data = f' data-rolled-back="{len(rolled)}"'
+                overlay = (
+                    f'<div class="kv-rolled" style="left: {100 * rolled.start // block_size}%; '
+                    f'width: {100 * len(rolled) // block_size}%"></div>'
+                )
             cells.append(
                 f'<div class="kv-cell" data-logical="{logical}" data-physical="{physical}" '
-                f'data-filled="{filled}" title="{escape(title)}">'
+                f'data-filled="{filled}"{data} title="{escape(title)}">'
                 f'<div class="kv-fill" style="width: {100 * filled // block_size}%; '
-                f'background: {color}"></div><span>{logical}→{physical}</span></div>'
+                f'background: {color}"></div>{overlay}<span>{logical}→{physical}</span></div>'
             )
         if not cells:
             cells.append('<span class="kv-empty">no blocks (waiting)</span>')
+        spec_data = (
+            f' data-spec-tokens="{request.spec_tokens}" data-accepted="{request.accepted_tokens}" '
+            f'data-rolled-back="{rejected}"'
+            if request.spec_tokens
+            else ""
+        )
         rows.append(
             f'<div class="kv-table-row" data-request-id="{escape(request.request_id)}" '
-            f'data-num-blocks="{len(request.block_ids)}">{head}{"".join(cells)}</div>'
+            f'data-num-blocks="{len(request.block_ids)}"{spec_data}>{head}{"".join(cells)}</div>'
         )
     if not rows:
         rows.append('<div class="kv-empty">no live requests at this step</div>')

@@ -1,8 +1,9 @@
 """The sidebar: run the engine on a workload, or load a saved trace to replay.
 
 Stages 4-5 teaching tool. Mirrors the engine arguments of vllm/engine/arg_utils.py (block_size,
-num_gpu_blocks_override, max_num_seqs, max_num_batched_tokens, enable_prefix_caching): every
-control here is one EngineArgs field or one knob of the workload. The chosen trace is kept in
+num_gpu_blocks_override, max_num_seqs, max_num_batched_tokens, enable_prefix_caching, and
+speculative_config's num_speculative_tokens for an n-gram run): every control here is one
+EngineArgs field or one knob of the workload. The chosen trace is kept in
 st.session_state["trace"]. Next: block_grid.py.
 """
 
@@ -28,7 +29,7 @@ MODEL_LABELS = {
 _ENGINE_KEYS = ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens")
 _RUN_WIDGETS = (
     *_ENGINE_KEYS, "model_kind", "workload", "prompts", "enable_prefix_caching", "max_tokens",
-    "vary_lengths", "ignore_eos", "arrival_interval", "temperature",
+    "vary_lengths", "ignore_eos", "arrival_interval", "temperature", "num_speculative_tokens",
 )  # fmt: skip
 
 
@@ -50,7 +51,7 @@ def apply_workload() -> None:
     workload = WORKLOADS.get(st.session_state["workload"])
     if workload is None:
         return
-    defaults = dict(vary_lengths=False, enable_prefix_caching=True)
+    defaults = dict(vary_lengths=False, enable_prefix_caching=True, num_speculative_tokens=0)
     preset = {**defaults, **workload.settings[st.session_state["model_kind"]]}
     for key, value in preset.items():
         st.session_state[key] = value
@@ -119,6 +120,11 @@ def _run_controls() -> None:
     st.markdown("**Scheduler** (SchedulerConfig)")
     st.number_input("max_num_seqs", 1, 64, key="max_num_seqs")
     st.number_input("max_num_batched_tokens (token budget)", 1, 4096, key="max_num_batched_tokens")
+    st.markdown("**Speculative decoding** (SpeculativeConfig, method ngram)")
+    st.number_input(
+        "num_speculative_tokens (n-gram drafts per step, 0 = off)", 0, 8,
+        key="num_speculative_tokens",
+    )  # fmt: skip
     st.markdown("**Workload**")
     st.number_input("max_tokens per request", 1, 256, key="max_tokens")
     st.checkbox("vary output lengths (request i gets (i % 4 + 1) / 4 of it)", key="vary_lengths")
@@ -140,7 +146,10 @@ def _run() -> None:
         prompts = [to_tiny_vocab(p) for p in prompts]
     settings = RunSettings(
         model=tiny_model_dir() if kind == "tiny" else None,
-        **{k: int(state[k]) for k in (*_ENGINE_KEYS, "max_tokens", "arrival_interval")},
+        **{
+            k: int(state[k])
+            for k in (*_ENGINE_KEYS, "max_tokens", "arrival_interval", "num_speculative_tokens")
+        },
         enable_prefix_caching=bool(state["enable_prefix_caching"]),
         vary_lengths=bool(state["vary_lengths"]),
         ignore_eos=bool(state["ignore_eos"]),

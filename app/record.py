@@ -3,11 +3,13 @@
 Stages 4-5 teaching tool. Mirrors the driving loop of vllm/entrypoints/llm.py (`_run_engine`):
 add requests, call `LLMEngine.step()` until nothing is left. The one difference is arrival: the
 visualizer can add a request every few steps instead of all at once, so you can watch requests
-join a running batch (continuous batching). Next: block_grid.py.
+join a running batch (continuous batching). With `num_speculative_tokens` > 0 the engine runs
+n-gram speculative decoding (stage 11, vllm/v1/spec_decode/ngram_proposer.py). Next: block_grid.py.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -32,10 +34,15 @@ class RunSettings:
     # Add one new request every `arrival_interval` steps; 0 = all before the first step.
     arrival_interval: int = 0
     seed: int = 0
+    # Stage 11: n-gram drafts verified per step (0 = off). Lookup n from 1 to 3, not vLLM's 5:
+    # short texts rarely repeat 5 tokens, and the point here is to see drafts at all.
+    num_speculative_tokens: int = 0
+    prompt_lookup_min: int = 1
+    prompt_lookup_max: int = 3
 
     def engine_kwargs(self) -> dict[str, object]:
         """The subset that configures the engine (everything else shapes the workload)."""
-        return dict(
+        kwargs: dict[str, object] = dict(
             block_size=self.block_size,
             num_gpu_blocks_override=self.num_blocks,
             max_num_seqs=self.max_num_seqs,
@@ -43,6 +50,18 @@ class RunSettings:
             enable_prefix_caching=self.enable_prefix_caching,
             seed=self.seed,
         )
+        if self.num_speculative_tokens > 0:
+            # JSON, like `--speculative-config`: a string keeps the kwargs hashable for the
+            # app's LLM cache (st.cache_resource keys on them).
+            kwargs["speculative_config"] = json.dumps(
+                dict(
+                    method="ngram",
+                    num_speculative_tokens=self.num_speculative_tokens,
+                    prompt_lookup_min=self.prompt_lookup_min,
+                    prompt_lookup_max=self.prompt_lookup_max,
+                )
+            )
+        return kwargs
 
     def max_tokens_for(self, index: int) -> int:
         if not self.vary_lengths:

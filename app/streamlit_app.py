@@ -4,7 +4,8 @@ Stages 4-5 teaching tool (`make app`). Mirrors no single vLLM file; it draws wha
 vllm/v1/core/block_pool.py, kv_cache_manager.py and sched/scheduler.py do, from the step trace of
 vllm_mini/engine/trace.py. Run mode runs the real engine on a workload and records the trace;
 replay mode loads a saved one. Read lessons/04_paged_kv_cache, lessons/04b_prefix_caching and lessons/05_continuous_batching
-next to it. Next: controls.py (sidebar), then block_grid.py and step_views.py (the views).
+next to it (and lessons/11_speculative_decoding for a run with drafts). Next: controls.py
+(sidebar), then block_grid.py and step_views.py (the views).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from app.block_grid import (  # noqa: E402
     block_tables_html,
     legend_html,
     request_colors,
+    tables_legend_html,
 )
 from app.controls import sidebar  # noqa: E402
 from app.step_views import (  # noqa: E402
     line_chart,
     scheduled_rows,
+    spec_notes,
     texts_until,
     timeline_frame,
     tokens_chart,
@@ -40,6 +43,11 @@ from vllm_mini.engine.trace import Trace  # noqa: E402
 
 CHART_HEIGHT = 260
 SPEEDS = {"1 step/s": 1.0, "2 steps/s": 0.5, "5 steps/s": 0.2, "10 steps/s": 0.1}
+
+
+def has_drafts(trace: Trace) -> bool:
+    """Recorded with speculative decoding on (stage 11)."""
+    return trace.speculative_config is not None or any(s.spec_decode_tokens for s in trace.steps)
 
 
 def step_controls(trace: Trace) -> int:
@@ -91,8 +99,18 @@ def scheduler_view(trace: Trace, index: int) -> None:
         notes.append(
             f"finished (blocks freed; full ones stay cached): {', '.join(step.finished_ids)}"
         )
+    notes += spec_notes(trace, index)
     for note in notes:
         st.markdown(f"- {note}")
+    if has_drafts(trace):
+        st.caption(
+            "Speculative decoding (lessons/11_speculative_decoding): a proposer guesses k next "
+            "tokens (n-gram: what followed the last tokens' earlier occurrence), and the target "
+            "verifies them all in one forward pass. The rejection sampler keeps the longest "
+            "prefix it agrees with and samples one more token, so a step yields 1 to k + 1 "
+            "tokens (vllm/v1/sample/rejection_sampler.py). Rejected drafts cost compute and "
+            "leave stale KV behind (vllm/v1/core/sched/scheduler.py `update_from_output`)."
+        )
     st.caption(
         "One token budget per step (vllm/v1/core/sched/scheduler.py `schedule()`): running "
         "requests take theirs first (1 token for a decode, a chunk for a prefill); waiting ones "
@@ -107,7 +125,7 @@ def kv_views(trace: Trace, index: int, colors: dict[str, str]) -> None:
     step = trace.steps[index]
     counts = {s: sum(1 for b in step.blocks if b[0] == s) for s in ("owned", "cached", "free")}
     st.subheader("Physical KV blocks (the block pool)")
-    st.html(CSS + legend_html() + block_grid_html(step, colors))
+    st.html(CSS + legend_html() + block_grid_html(step, colors, trace.block_size))
     st.caption(
         f"{len(step.blocks)} blocks of {trace.block_size} token slots: {counts['owned']} owned, "
         f"{counts['cached']} cached-free, {counts['free']} free. Blocks are handed out one at a "
@@ -117,13 +135,23 @@ def kv_views(trace: Trace, index: int, colors: dict[str, str]) -> None:
         "lessons/04b_prefix_caching (cached blocks)."
     )
     st.subheader("Block tables (logical → physical)")
-    st.html(CSS + block_tables_html(step, trace.block_size, colors))
-    st.caption(
+    spec = has_drafts(trace)
+    legend = tables_legend_html() if spec else ""
+    st.html(CSS + legend + block_tables_html(step, trace.block_size, colors))
+    caption = (
         "Each request sees contiguous logical blocks; its block table maps them to scattered "
         "physical blocks (vllm/v1/core/kv_cache_manager.py `get_block_ids`). The shading is how "
         "many of a block's slots hold computed KV: only the last block is partly filled, so a "
         "request wastes less than one block, the point of PagedAttention (paper section 4)."
     )
+    if spec:
+        caption += (
+            " Hatched red: slots the target wrote for drafts it then rejected. The scheduler "
+            "only lowers num_computed_tokens past them; the blocks stay with the request (no "
+            "free, no copy), and the next step writes the real tokens over them. A dashed red "
+            "outline marks those blocks in the pool."
+        )
+    st.caption(caption)
 
 
 def timeline_views(trace: Trace, index: int) -> None:
@@ -153,6 +181,15 @@ def text_view(trace: Trace, index: int) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
+def _spec_label(trace: Trace) -> str:
+    spec = trace.speculative_config
+    if not spec:
+        return ""
+    return (
+        f"; speculative decoding: {spec.get('method')}, {spec.get('num_speculative_tokens')} drafts"
+    )
+
+
 def main() -> None:
     st.set_page_config(page_title="vllm_mini KV-cache visualizer", layout="wide")
     st.title("vllm_mini KV-cache visualizer")
@@ -169,7 +206,7 @@ def main() -> None:
     info, download = st.columns([4, 1])
     info.markdown(
         f"**{source}** — model: {trace.model}; {len(trace.steps)} steps; {trace.num_blocks} "
-        f"blocks × {trace.block_size} tokens"
+        f"blocks × {trace.block_size} tokens" + _spec_label(trace)
     )
     download.download_button(
         "Download trace JSON", trace.to_json(), "vllm_mini_trace.json", "application/json"

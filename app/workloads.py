@@ -3,8 +3,9 @@
 Stages 4-5 teaching tool. Mirrors no vLLM file (the closest are vLLM's benchmark datasets in
 vllm/benchmarks/datasets.py). A preset is a list of prompts plus engine settings that make its
 effect appear: a long shared system prompt (prefix caching, lessons/04b_prefix_caching), a burst
-of chats of different lengths (continuous batching, lessons/05_continuous_batching) and a cache
-too small for the load (preemption). Next: record.py.
+of chats of different lengths (continuous batching, lessons/05_continuous_batching), a cache
+too small for the load (preemption) and text that repeats itself (n-gram speculative decoding,
+lessons/11_speculative_decoding). Next: record.py.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ _STORIES = [
     "watering can, the neighbour's cat and the first tomato that ripens in late summer.",
     "Tell a long story about two rival chess players on a night train, describing the board, "
     "the rattling carriage, the tea that goes cold and the move that neither of them expects.",
+]
+
+# Text that repeats itself: the n-gram proposer finds the last few tokens earlier in the request
+# and drafts what followed them there (copying, renaming, quoting: vLLM's "prompt lookup").
+_REPEATS = [
+    "the cat sat on the mat the cat sat on the mat the cat sat on the mat",
+    "Say hello in Spanish, then say hello in Spanish again.",
+    "Rename x to total: x = 0; for item in items: x = x + item; print(x); return x",
+    "Continue the pattern: red green blue red green blue red green blue red",
 ]
 
 MODEL_KINDS = ("tiny", "smollm2")
@@ -151,6 +161,39 @@ WORKLOADS: dict[str, Workload] = {
                 max_tokens=40,
                 arrival_interval=0,
                 enable_prefix_caching=False,
+            ),
+        },
+    ),
+    "spec": Workload(
+        title="Repetitive text (speculative decoding, n-gram)",
+        lesson="lessons/11_speculative_decoding",
+        description=(
+            "Four prompts that repeat themselves, with n-gram speculative decoding on (3 drafts). "
+            "A decoding request whose last tokens occurred earlier schedules 1 + k tokens: its "
+            "last token and k drafts copied from what followed. One forward pass verifies them; "
+            "rejected drafts have their KV written but num_computed_tokens rolled back past it "
+            "(hatched red in the block tables). The tiny random model rarely repeats its prompt, "
+            "so most of its drafts are rejected; SmolLM2 copies, and accepts many."
+        ),
+        prompts=list(_REPEATS),
+        settings={
+            "tiny": dict(
+                block_size=4,
+                num_blocks=64,
+                max_num_seqs=4,
+                max_num_batched_tokens=64,
+                max_tokens=24,
+                arrival_interval=0,
+                num_speculative_tokens=3,
+            ),
+            "smollm2": dict(
+                block_size=8,
+                num_blocks=64,
+                max_num_seqs=4,
+                max_num_batched_tokens=128,
+                max_tokens=32,
+                arrival_interval=0,
+                num_speculative_tokens=3,
             ),
         },
     ),

@@ -27,3 +27,18 @@ def prefix_trace_path(tiny_llama_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("trace") / "prefix_trace.json"
     trace.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def spec_trace_path(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The app's speculative-decoding preset (n-gram, 3 drafts), run on the tiny model."""
+    from app.record import RunSettings, build_llm, record_trace
+    from app.workloads import WORKLOADS, to_tiny_vocab
+
+    workload = WORKLOADS["spec"]
+    settings = RunSettings(model=str(tiny_llama_dir), **workload.settings["tiny"])
+    llm = build_llm(settings.model, settings.engine_kwargs())
+    trace = record_trace(llm, [to_tiny_vocab(p) for p in workload.prompts], settings)
+    path = tmp_path_factory.mktemp("trace") / "spec_trace.json"
+    trace.save(path)
+    return path

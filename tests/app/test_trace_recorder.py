@@ -7,6 +7,7 @@ snapshots the wrong moment (before/after a free, a preemption or a finish) fails
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from vllm_mini import LLM, SamplingParams
@@ -176,3 +177,67 @@ def test_trace_json_round_trip(prefix_trace_path, tmp_path):
     path = tmp_path / "copy.json"
     again.save(path)
     assert Trace.load(path) == trace
+
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1,
+         "prompt_lookup_max": 3}  # fmt: skip
+
+
+def test_speculative_steps_record_drafts_accepted_and_rolled_back(tiny_llama_dir):
+    # Repetitive prompts give the n-gram proposer matches (tests/spec_decode uses the same).
+    prompts = [
+        " ".join([words(10, 5)] * 4),
+        " ".join([words(7, 3)] * 9),
+        words(3, 37),
+        " ".join([words(10, 5)] * 3) + " " + words(99, 2),
+    ]
+    llm = make_llm(tiny_llama_dir, speculative_config=NGRAM, max_num_batched_tokens=64)
+    engine = llm.llm_engine
+    scheduler = engine.engine_core.scheduler
+    stats = scheduler.spec_decoding_stats
+    seen = {"accepted": 0}
+
+    def check(step: StepTrace) -> None:
+        drafts = engine.engine_core.last_scheduler_output.scheduled_spec_decode_tokens
+        assert step.spec_decode_tokens == {rid: len(d) for rid, d in drafts.items()}
+        for rt in step.requests:
+            assert rt.spec_tokens == len(drafts.get(rt.request_id, []))
+            assert rt.num_computed_tokens == scheduler.requests[rt.request_id].num_computed_tokens
+            if not rt.spec_tokens:
+                assert rt.accepted_tokens == rt.rejected_tokens == 0
+                continue
+            # A verifying step is a decode of 1 + k tokens, rolled back to "all but the last".
+            assert rt.kind == "decode" and rt.scheduled_tokens == 1 + rt.spec_tokens
+            assert rt.accepted_tokens + rt.rejected_tokens == rt.spec_tokens
+            assert rt.num_computed_tokens == rt.num_tokens - 1
+            # The rejected drafts' slots lie in blocks the request still owns.
+            assert rt.num_computed_tokens + rt.rejected_tokens <= len(rt.block_ids) * 4
+        if not set(drafts) & set(step.finished_ids):
+            accepted = sum(rt.accepted_tokens for rt in step.requests)
+            assert stats.num_accepted_tokens - seen["accepted"] == accepted
+        seen["accepted"] = stats.num_accepted_tokens
+
+    trace, _, _ = run(llm, prompts, [40, 33, 25, 18], check=check)
+    live = [r for s in trace.steps for r in s.requests if r.spec_tokens]
+    assert live and any(r.accepted_tokens for r in live) and any(r.rejected_tokens for r in live)
+    assert sum(n for s in trace.steps for n in s.spec_decode_tokens.values()) == (
+        stats.num_draft_tokens
+    )
+    assert trace.speculative_config is not None
+    assert trace.speculative_config["num_speculative_tokens"] == 3
+    assert Trace.from_json(trace.to_json()) == trace
+
+
+def test_traces_recorded_before_speculative_decoding_still_load(prefix_trace_path):
+    """JSON without the stage-11 fields (spec counts, speculative_config) loads with defaults."""
+    trace = Trace.load(prefix_trace_path)
+    data = json.loads(trace.to_json())
+    data.pop("speculative_config")
+    for step in data["steps"]:
+        step.pop("spec_decode_tokens")
+        for request in step["requests"]:
+            for key in ("spec_tokens", "accepted_tokens", "rejected_tokens"):
+                request.pop(key)
+    old = Trace.from_json(json.dumps(data))
+    assert old == trace and old.speculative_config is None
+    assert all(r.spec_tokens == r.rejected_tokens == 0 for s in old.steps for r in s.requests)

@@ -172,3 +172,76 @@ def test_scheduler_rows_agree_with_the_recorded_requests(prefix_trace_path):
     final = texts_until(trace, len(trace.steps) - 1)
     assert final == {rid: ("FINISHED", text) for rid, text in finished.items()}
     assert all(text for text in finished.values())
+
+
+def rolled_back_cells(body: str) -> dict[str, int]:
+    """Request id -> rolled-back slots summed over its block-table cells."""
+    totals: dict[str, int] = {}
+    for row in re.findall(r'<div class="kv-table-row" (.*?)(?=<div class="kv-table-row"|$)', body):
+        rid = re.search(r'data-request-id="([^"]+)"', row).group(1)
+        cells = re.findall(r'class="kv-cell" [^>]*data-rolled-back="(\d+)"', row)
+        totals[rid] = sum(int(n) for n in cells)
+    return totals
+
+
+def test_speculative_trace_shows_rolled_back_slots_and_accepted_drafts(
+    spec_trace_path, monkeypatch
+):
+    from app.block_grid import block_tables_html, request_colors
+
+    trace = Trace.load(spec_trace_path)
+    assert trace.speculative_config["method"] == "ngram"
+    index = max(
+        range(len(trace.steps)),
+        key=lambda i: sum(r.rejected_tokens for r in trace.steps[i].requests),
+    )
+    step = trace.steps[index]
+    verified = [r for r in step.requests if r.spec_tokens]
+    assert verified and any(r.rejected_tokens for r in verified)
+    # Pure HTML: each request's cells hold exactly its rejected drafts' slots, in its blocks.
+    body = block_tables_html(step, trace.block_size, request_colors(trace))
+    assert rolled_back_cells(body) == {r.request_id: r.rejected_tokens for r in step.requests}
+    for r in verified:
+        assert (
+            f'data-request-id="{r.request_id}" data-num-blocks="{len(r.block_ids)}" '
+            f'data-spec-tokens="{r.spec_tokens}" data-accepted="{r.accepted_tokens}" '
+            f'data-rolled-back="{r.rejected_tokens}"'
+        ) in body
+        assert f"+1 token +{r.accepted_tokens} drafts accepted" in body
+        summary = f"{r.spec_tokens} drafts verified, {r.accepted_tokens} accepted, "
+        assert summary + f"{r.rejected_tokens} slots rolled back" in body
+    # The app, replaying the trace at that step: overlay, legend, notes, draft column, chart.
+    monkeypatch.setenv(TRACE_ENV, str(spec_trace_path))
+    at = AppTest.from_file(str(APP_PATH), default_timeout=TIMEOUT).run()
+    at.slider(key="step").set_value(index).run()
+    assert_views_match(at, trace, index)
+    html = html_bodies(at)
+    assert 'id="kv-tables-legend"' in html and "rolled back" in html
+    # One hatched overlay per cell with rolled-back slots, plus the legend's sample.
+    cells = re.findall(r'class="kv-cell" [^>]*data-rolled-back', html)
+    assert cells and html.count('class="kv-rolled"') == len(cells) + 1
+    rolled_pool = re.findall(r'data-ref-cnt="\d+" data-rolled-back="(\d+)"', html)
+    assert sum(int(n) for n in rolled_pool) == sum(r.rejected_tokens for r in step.requests)
+    schedule = at.dataframe[0].value
+    drafts = dict(zip(schedule["request"], schedule["drafts"]))
+    for r in verified:
+        expected = f"{r.spec_tokens}: {r.accepted_tokens} accepted, {r.rejected_tokens} rolled back"
+        assert drafts[r.request_id] == expected
+    notes = " ".join(md.value for md in at.markdown)
+    assert all(f"**{r.request_id}** verified {r.spec_tokens} draft" in notes for r in verified)
+    n = len(trace.steps)
+    assert chart_rows(at)[3] == 3 * n  # prefill, decode and draft tokens per step
+
+
+def test_run_mode_speculative_preset_records_drafts():
+    at = AppTest.from_file(str(APP_PATH), default_timeout=TIMEOUT).run()
+    at.selectbox(key="workload").set_value("spec").run()
+    assert at.number_input(key="num_speculative_tokens").value == 3
+    at.button(key="run").click().run()
+    assert not at.exception and not at.error
+    trace: Trace = at.session_state["trace"]
+    assert trace.speculative_config["num_speculative_tokens"] == 3
+    assert any(s.spec_decode_tokens for s in trace.steps)
+    # Another preset turns drafts off again.
+    at.selectbox(key="workload").set_value("batching").run()
+    assert at.number_input(key="num_speculative_tokens").value == 0

@@ -6,6 +6,13 @@ stats; here one recorder reads the core's public snapshot (EngineCore.snapshot) 
 tokens (a prefill chunk or a decode), who was preempted or finished, every request's block table,
 the state of every physical block (free / owned with ref count / cached-evictable with its hash),
 KV usage and the prefix-cache hit rate. Off by default: the engine calls it only when attached.
+
+Stage 11 adds speculative decoding: per request, how many draft tokens a step verified, how many
+the rejection sampler accepted, and how many were rejected. The rejected drafts' KV was written
+this step (the target ran on them) but `num_computed_tokens` was rolled back past it
+(core/sched/scheduler.py `update_from_output`), so those slots hold stale KV until the next step
+overwrites them. vLLM publishes the same counts as SpecDecodingStats
+(vllm/v1/spec_decode/metrics.py).
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ class RequestTrace:
     scheduled_tokens: int  # this step; 0 if not scheduled
     kind: str  # "prefill", "decode" or "idle"
     text: str
+    # Speculative decoding (stage 11); defaults keep traces recorded before it loadable.
+    spec_tokens: int = 0  # draft tokens verified this step (scheduled after the last token)
+    accepted_tokens: int = 0  # drafts the rejection sampler kept (tokens generated - 1)
+    # Drafts rejected: their KV sits in slots num_computed_tokens .. + rejected_tokens - 1.
+    rejected_tokens: int = 0
 
 
 @dataclass
@@ -51,6 +63,8 @@ class StepTrace:
     num_preemptions: int
     # Final text of the requests in `finished_ids` (they are gone from `requests`).
     finished_texts: dict[str, str] = field(default_factory=dict)
+    # Request id -> draft tokens verified this step, finished requests included (stage 11).
+    spec_decode_tokens: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +75,8 @@ class Trace:
     steps: list[StepTrace] = field(default_factory=list)
     # Free-form run settings (token budget, max_num_seqs, prompts...) for whoever replays it.
     settings: dict[str, Any] = field(default_factory=dict)
+    # The engine's SpeculativeConfig as a dict (method, num_speculative_tokens...); None = off.
+    speculative_config: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -101,6 +117,9 @@ class TraceRecorder:
             num_blocks=core.num_blocks,
             model=str(engine.model_config.model),
         )
+        spec = engine.vllm_config.speculative_config
+        if spec is not None:
+            self.trace.speculative_config = asdict(spec)
         # Live detokenizers by request id; the output processor drops a request's state when it
         # finishes, so we keep the reference to read its final text after that step.
         self._detokenizers: dict[str, Any] = {}
@@ -120,15 +139,28 @@ class TraceRecorder:
         new_ids = [r.req_id for r in so.scheduled_new_reqs]
         requests = []
         for request in snap.requests:
-            n = so.num_scheduled_tokens.get(request.request_id, 0)
-            kind = self._kind(request, n)
-            self._num_tokens_before[request.request_id] = request.num_tokens
+            rid = request.request_id
+            n = so.num_scheduled_tokens.get(rid, 0)
+            spec = len(so.scheduled_spec_decode_tokens.get(rid, ()))
+            accepted = rejected = 0
+            if spec and request.status == "RUNNING":
+                # Generated this step = accepted drafts + the token sampled after them.
+                generated = request.num_tokens - self._num_tokens_before.get(
+                    rid, request.num_tokens
+                )
+                accepted = min(max(generated - 1, 0), spec)
+                rejected = spec - accepted
+            kind = self._kind(request, n, rejected)
+            self._num_tokens_before[rid] = request.num_tokens
             requests.append(
                 RequestTrace(
                     **asdict(request),  # the core's snapshot fields, then what the trace adds
                     scheduled_tokens=n,
                     kind=kind,
-                    text=self._text(request.request_id),
+                    text=self._text(rid),
+                    spec_tokens=spec,
+                    accepted_tokens=accepted,
+                    rejected_tokens=rejected,
                 )
             )
         blocks = []
@@ -156,6 +188,9 @@ class TraceRecorder:
             prefix_cache_hits=stats.prefix_cache_hits,
             num_preemptions=stats.num_preemptions,
             finished_texts={rid: self._text(rid) for rid in finished_ids},
+            spec_decode_tokens={
+                rid: len(drafts) for rid, drafts in so.scheduled_spec_decode_tokens.items()
+            },
         )
         for rid in finished_ids:
             self._detokenizers.pop(rid, None)
@@ -167,11 +202,17 @@ class TraceRecorder:
         detokenizer = self._detokenizers.get(request_id)
         return detokenizer.output_text if detokenizer is not None else ""
 
-    def _kind(self, request: RequestSnapshot, num_scheduled: int) -> str:
-        """prefill (a prompt chunk, or a recompute after preemption), decode, or idle."""
+    def _kind(self, request: RequestSnapshot, num_scheduled: int, num_rejected: int = 0) -> str:
+        """prefill (a prompt chunk, or a recompute after preemption), decode, or idle.
+
+        A step that verifies drafts is a decode too: it schedules 1 + k tokens (the last token,
+        then k drafts), and afterwards num_computed_tokens was rolled back by the rejected ones.
+        """
         if num_scheduled == 0:
             return "idle"
-        before = request.num_computed_tokens - num_scheduled  # scheduler advanced it optimistically
+        # The scheduler advanced num_computed_tokens by num_scheduled, then rolled back the
+        # rejected drafts: undo both to get the count at the start of the step.
+        before = request.num_computed_tokens + num_rejected - num_scheduled
         num_tokens = self._num_tokens_before.get(request.request_id, request.num_prompt_tokens)
         # Decode = computing the one newest *generated* token; a preempted request recomputing its
         # earlier outputs is still a prefill, even though those tokens lie past the prompt.
