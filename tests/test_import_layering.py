@@ -44,6 +44,10 @@ LAYERS: dict[str, int] = {
     "model_executor": 3,
     # 3 also: torch.compile of a model and its CUDA-graph runner (stage 6).
     "compilation": 3,
+    # 3 also: LoRA (stage 9): wrappers around the model's linear layers and their adapter slots.
+    "lora": 3,
+    # ... though what a user passes sits with the other request knobs.
+    "lora.request": 1,
     # 4 KV-cache blocks and scheduling: requests, never tensors.
     "core": 4,
     "request": 4,

@@ -104,6 +104,7 @@ class Request:
             arrival_time=request.arrival_time,
             priority=request.priority,
             block_hasher=block_hasher,
+            lora_int_id=request.lora_request.lora_int_id if request.lora_request else 0,
         )
 
     @property

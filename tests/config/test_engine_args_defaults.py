@@ -17,6 +17,7 @@ from vllm_mini.config import (
     CompilationConfig,
     DeviceConfig,
     LoadConfig,
+    LoRAConfig,
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
@@ -33,6 +34,7 @@ CONFIG_CLASSES = (
     LoadConfig,
     DeviceConfig,
     AttentionConfig,
+    LoRAConfig,
 )
 # Fields the name alone does not place: renamed ones (vLLM spells them the same way), and
 # max_model_len, which SchedulerConfig also holds but VllmConfig copies there from ModelConfig.
@@ -42,7 +44,7 @@ EXPLICIT = {
     "max_model_len": (ModelConfig, "max_model_len"),
 }
 # Knobs of the engine itself, with no config field behind them.
-ENGINE_ONLY = {"disable_log_stats"}
+ENGINE_ONLY = {"disable_log_stats", "enable_lora"}
 # Whole nested configs passed as one value (an int mode or a dict), as vLLM's --compilation-config:
 # None means the config's own defaults.
 NESTED = {"compilation_config": CompilationConfig}

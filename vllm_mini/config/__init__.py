@@ -8,6 +8,7 @@ from vllm_mini.config.cache import CacheConfig
 from vllm_mini.config.compilation import CompilationConfig, CompilationMode, CUDAGraphMode
 from vllm_mini.config.device import DeviceConfig
 from vllm_mini.config.load import LoadConfig
+from vllm_mini.config.lora import LoRAConfig
 from vllm_mini.config.model import ModelConfig
 from vllm_mini.config.parallel import ParallelConfig
 from vllm_mini.config.scheduler import SchedulerConfig
@@ -22,6 +23,7 @@ __all__ = [
     "CUDAGraphMode",
     "DeviceConfig",
     "LoadConfig",
+    "LoRAConfig",
     "ModelConfig",
     "ParallelConfig",
     "SchedulerConfig",

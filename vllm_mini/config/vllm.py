@@ -18,6 +18,7 @@ from vllm_mini.config.cache import CacheConfig
 from vllm_mini.config.compilation import CompilationConfig
 from vllm_mini.config.device import DeviceConfig
 from vllm_mini.config.load import LoadConfig
+from vllm_mini.config.lora import LoRAConfig
 from vllm_mini.config.model import ModelConfig
 from vllm_mini.config.parallel import ParallelConfig
 from vllm_mini.config.scheduler import SchedulerConfig
@@ -42,6 +43,8 @@ class VllmConfig:
     compilation_config: CompilationConfig = field(default_factory=CompilationConfig)
     # None: no speculative decoding (stage 11).
     speculative_config: SpeculativeConfig | None = None
+    # None: LoRA off (stage 9).
+    lora_config: LoRAConfig | None = None
     # Built from model_config.quantization by the model loader (stage 7), which needs the method
     # classes of model_executor/; every layer reads it at construction.
     quant_config: QuantizationConfig | None = field(default=None, init=False)
@@ -55,10 +58,12 @@ class VllmConfig:
             self.attention_config.backend = current_platform.default_attention_backend(
                 self.device_config.device_type
             )
+        # LoRA layers branch in Python on each step's adapter mapping: they run eagerly, with
+        # no compiled graph and no CUDA graph (vLLM captures them; not implemented here).
         self.compilation_config.resolve(
             self.device_config.device_type,
             self.scheduler_config.max_num_seqs,
-            self.model_config.enforce_eager,
+            self.model_config.enforce_eager or self.lora_config is not None,
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vllm_mini.lora.request import LoRARequest
 from vllm_mini.sampling_params import SamplingParams
 
 
@@ -28,3 +29,4 @@ class EngineCoreRequest:
     eos_token_id: int | None
     arrival_time: float
     priority: int = 0
+    lora_request: LoRARequest | None = None

@@ -20,6 +20,7 @@ from vllm_mini.config import (
     CompilationConfig,
     DeviceConfig,
     LoadConfig,
+    LoRAConfig,
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
@@ -49,6 +50,10 @@ _HELP = {
     "default: the checkpoint's own, and gguf for a .gguf model with --dtype auto (pass --dtype "
     "float32 to run a .gguf model dequantized)",
     "enforce_eager": "never compile the model or capture CUDA graphs",
+    "enable_lora": "serve LoRA adapters (LoRARequest per request; --lora-modules on the server)",
+    "max_loras": "most distinct LoRA adapters in one step (each takes a slot in every layer)",
+    "max_lora_rank": "largest adapter rank the slots hold",
+    "max_cpu_loras": "adapters kept loaded on the CPU beyond the slots (default: max_loras)",
     "speculative_config": "JSON dict: method (ngram or draft_model), num_speculative_tokens, "
     "prompt_lookup_min/max (ngram), model or num_draft_layers (draft_model)",
     "compilation_config": "an int mode (0 none, 1 torch.compile, 3 vllm_mini) or a JSON dict "
@@ -90,6 +95,11 @@ class EngineArgs:
     attention_backend: str | None = AttentionConfig.backend
     # VllmConfig.compilation_config, as one nested value (vLLM's -O / --compilation-config).
     compilation_config: CompilationConfig | dict | int | str | None = None
+    # LoRAConfig, built only with enable_lora (stage 9).
+    enable_lora: bool = False
+    max_loras: int = LoRAConfig.max_loras
+    max_lora_rank: int = LoRAConfig.max_lora_rank
+    max_cpu_loras: int | None = LoRAConfig.max_cpu_loras
     # VllmConfig.speculative_config (vLLM's --speculative-config), None: off.
     speculative_config: SpeculativeConfig | dict | str | None = None
     # The engine's own knob, no config behind it.
@@ -161,6 +171,13 @@ class EngineArgs:
             attention_config=AttentionConfig(backend=self.attention_backend),
             compilation_config=CompilationConfig.from_cli(self.compilation_config),
             speculative_config=SpeculativeConfig.from_cli(self.speculative_config),
+            lora_config=LoRAConfig(
+                max_loras=self.max_loras,
+                max_lora_rank=self.max_lora_rank,
+                max_cpu_loras=self.max_cpu_loras,
+            )
+            if self.enable_lora
+            else None,
         )
         # What the chosen attention backend cannot do is switched off here (config/ cannot ask
         # the backend: it sits below attention/ in the import layers).

@@ -28,6 +28,7 @@ from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.llm_engine import LLMEngine
 from vllm_mini.engine.processor import PromptType
 from vllm_mini.logger import init_logger
+from vllm_mini.lora.request import LoRARequest
 from vllm_mini.outputs import RequestOutput
 from vllm_mini.sampling_params import SamplingParams
 
@@ -122,7 +123,12 @@ class AsyncLLM:
 
     # ------------------------------------------------------------------ requests
     async def add_request(
-        self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams,
+        priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> asyncio.Queue:
         """Validate and enqueue; raises ValueError for bad input before anything is queued.
         Runs on the event loop and returns at once (the core picks the request up between
@@ -131,7 +137,7 @@ class AsyncLLM:
         if request_id in self.queues:
             raise ValueError(f"request_id {request_id!r} is already in use")
         core_requests: list[EngineCoreRequest] = self.engine.make_core_requests(
-            request_id, prompt, params, priority=priority
+            request_id, prompt, params, priority=priority, lora_request=lora_request
         )
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self.queues[request_id] = queue
@@ -161,9 +167,10 @@ class AsyncLLM:
         sampling_params: SamplingParams,
         request_id: str,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         """Yield cumulative RequestOutputs for one request until it finishes."""
-        queue = await self.add_request(request_id, prompt, sampling_params, priority)
+        queue = await self.add_request(request_id, prompt, sampling_params, priority, lora_request)
         async for out in self.iterate_outputs(request_id, queue):
             yield out
 

@@ -74,9 +74,25 @@ class EngineCore:
         self.last_scheduler_output: SchedulerOutput | None = None
 
     def add_request(self, request: EngineCoreRequest) -> None:
+        if request.lora_request is not None:
+            self.add_lora(request.lora_request)  # registered once; loaded into a slot when run
         self.scheduler.add_request(
             Request.from_engine_core_request(request, self.request_block_hasher)
         )
+
+    def add_lora(self, lora_request) -> None:
+        manager = self.worker.model_runner.lora_manager
+        if manager is None:
+            raise ValueError("LoRA is off: start the engine with enable_lora=True")
+        manager.add_adapter(lora_request)
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        manager = self.worker.model_runner.lora_manager
+        return manager is not None and manager.remove_adapter(lora_int_id)
+
+    def list_loras(self) -> list:
+        manager = self.worker.model_runner.lora_manager
+        return [] if manager is None else manager.list_adapters()
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)

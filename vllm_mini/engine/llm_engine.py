@@ -19,6 +19,7 @@ from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.core import EngineCore
 from vllm_mini.engine.output_processor import OutputProcessor, ParentRequest
 from vllm_mini.engine.processor import Processor, PromptType
+from vllm_mini.lora.request import LoRARequest
 from vllm_mini.metrics.stats import EngineStats, LoggingStatLogger
 from vllm_mini.outputs import RequestMetrics, RequestOutput
 from vllm_mini.sampling_params import SamplingParams
@@ -55,9 +56,13 @@ class LLMEngine:
         params: SamplingParams,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Validate and enqueue. Raises ValueError (and enqueues nothing) on bad input."""
-        for request in self.make_core_requests(request_id, prompt, params, arrival_time, priority):
+        requests = self.make_core_requests(
+            request_id, prompt, params, arrival_time, priority, lora_request
+        )
+        for request in requests:
             self.engine_core.add_request(request)
 
     def make_core_requests(
@@ -67,6 +72,7 @@ class LLMEngine:
         params: SamplingParams,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> list[EngineCoreRequest]:
         """Validate, register the request with the output processor, and return what the core
         must run: one EngineCoreRequest, or one per sample when n > 1 (vLLM's fan-out)."""
@@ -75,7 +81,7 @@ class LLMEngine:
         if request_id in self.output_processor.parents:
             raise ValueError(f"request_id {request_id!r} is already in use")
         prompt_text, request = self.processor.process_inputs(
-            request_id, prompt, params, arrival_time, priority
+            request_id, prompt, params, arrival_time, priority, lora_request
         )
         params = request.sampling_params
         parent = ParentRequest(
@@ -104,6 +110,7 @@ class LLMEngine:
                 eos_token_id=request.eos_token_id,
                 arrival_time=request.arrival_time,
                 priority=request.priority,
+                lora_request=request.lora_request,
             )
             self.output_processor.add_request(parent, child.request_id, index, child_params)
             children.append(child)
@@ -168,6 +175,19 @@ class LLMEngine:
     def get_stats(self) -> dict[str, float]:
         self.stats.scheduler = self.engine_core.make_stats()
         return self.stats.as_dict()
+
+    # ------------------------------------------------------------ LoRA (stage 9)
+    def add_lora(self, lora_request: LoRARequest) -> None:
+        """Check and load an adapter ahead of its first request (vLLM's dynamic loading)."""
+        self.processor.check_lora(lora_request)
+        self.engine_core.add_lora(lora_request)
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        self.processor.forget_lora(lora_int_id)
+        return self.engine_core.remove_lora(lora_int_id)
+
+    def list_loras(self) -> list[LoRARequest]:
+        return self.engine_core.list_loras()
 
     def reset_prefix_cache(self) -> bool:
         return self.engine_core.reset_prefix_cache()

@@ -21,6 +21,8 @@ from transformers import PreTrainedTokenizerBase
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.engine import EngineCoreRequest
+from vllm_mini.lora.lora_model import LoRAModel, expected_lora_shapes
+from vllm_mini.lora.request import LoRARequest
 from vllm_mini.sampling_params import SamplingParams
 
 # What LLM.generate and the engine accept as a prompt (vLLM's PromptType, simplified).
@@ -67,6 +69,40 @@ class Processor:
         self.tokenizer = tokenizer
         self.eos_token_id = tokenizer.eos_token_id
         self.kv_capacity_tokens = num_kv_blocks * vllm_config.cache_config.block_size
+        self.lora_config = vllm_config.lora_config
+        self._checked_loras: dict[int, LoRARequest] = {}  # adapters already read and checked
+
+    def check_lora(self, lora_request: LoRARequest | None) -> None:
+        """A bad adapter is the caller's error, raised here before anything is queued: the core
+        loads it again when a step needs it, and must never meet a file it cannot use."""
+        if lora_request is None:
+            return
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest, got {lora_request!r}")
+        if self.lora_config is None:
+            raise ValueError("lora_request given but LoRA is off: start with enable_lora=True")
+        known = self._checked_loras.get(lora_request.lora_int_id)
+        if (
+            known is not None
+            and known == lora_request
+            and known.lora_path == lora_request.lora_path
+        ):
+            return
+        if known is not None:
+            raise ValueError(
+                f"lora_int_id {lora_request.lora_int_id} is already {known.lora_name!r} "
+                f"({known.lora_path}); give another adapter another id"
+            )
+        LoRAModel.from_local_checkpoint(
+            lora_request.lora_path,
+            lora_request.lora_int_id,
+            self.lora_config.max_lora_rank,
+            expected_lora_shapes(self.model_config),
+        )
+        self._checked_loras[lora_request.lora_int_id] = lora_request
+
+    def forget_lora(self, lora_int_id: int) -> None:
+        self._checked_loras.pop(lora_int_id, None)
 
     def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         """Return (prompt text or None, prompt token ids)."""
@@ -96,10 +132,12 @@ class Processor:
         params: SamplingParams,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> tuple[str | None, EngineCoreRequest]:
         """Tokenize and validate; return (prompt text, the request for the core)."""
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an int, got {priority!r}")
+        self.check_lora(lora_request)
         prompt_text, prompt_ids = self.tokenize_prompt(prompt)
         params = self.validate(prompt_ids, params)
         request = EngineCoreRequest(
@@ -109,6 +147,7 @@ class Processor:
             eos_token_id=self.eos_token_id,
             arrival_time=arrival_time if arrival_time is not None else time.monotonic(),
             priority=priority,
+            lora_request=lora_request,
         )
         return prompt_text, request
 

@@ -18,6 +18,7 @@ from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.llm_engine import LLMEngine
 from vllm_mini.engine.processor import PromptType
 from vllm_mini.entrypoints.chat_utils import render_chat
+from vllm_mini.lora.request import LoRARequest
 from vllm_mini.outputs import RequestOutput
 from vllm_mini.sampling_params import SamplingParams
 
@@ -43,6 +44,7 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         priority: list[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
@@ -60,13 +62,27 @@ class LLM:
                 )
         if priority is not None and len(priority) != len(prompts):
             raise ValueError(f"priority must have one entry per prompt ({len(prompts)})")
+        loras = (
+            list(lora_request)
+            if isinstance(lora_request, (list, tuple))
+            else [lora_request] * len(prompts)
+        )
+        if len(loras) != len(prompts):
+            raise ValueError(
+                f"lora_request must be one LoRARequest (or None) or one per prompt "
+                f"({len(prompts)}), got {len(loras)}"
+            )
         request_ids = []
         try:
             for i, (prompt, params) in enumerate(zip(prompts, params_list)):
                 request_id = str(self._request_counter)
                 self._request_counter += 1
                 self.llm_engine.add_request(
-                    request_id, prompt, params, priority=priority[i] if priority else 0
+                    request_id,
+                    prompt,
+                    params,
+                    priority=priority[i] if priority else 0,
+                    lora_request=loras[i],
                 )
                 request_ids.append(request_id)
         except ValueError:
@@ -81,6 +97,7 @@ class LLM:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
         tokenizer = self.get_tokenizer()
@@ -94,7 +111,7 @@ class LLM:
             )
             for conversation in conversations
         ]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 
     def _run_engine(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

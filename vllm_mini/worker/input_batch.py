@@ -34,6 +34,7 @@ class CachedRequestState:
     num_computed_tokens: int
     output_token_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
+    lora_int_id: int = 0  # its LoRA adapter (stage 9), 0: the base model
 
     @property
     def num_tokens(self) -> int:
@@ -64,6 +65,7 @@ class InputBatch:
         self.num_tokens = torch.zeros(max_num_reqs, dtype=torch.int64)
         self.num_prompt_tokens = torch.zeros(max_num_reqs, dtype=torch.int64)
         self.num_computed_tokens = torch.zeros(max_num_reqs, dtype=torch.int64)
+        self.lora_ids = torch.zeros(max_num_reqs, dtype=torch.int64)  # adapter id per row
         # numpy views of the same memory, for the per-step work on the CPU: writing one element
         # costs ~0.1 µs through numpy and ~2 µs through torch, and a small numpy op ~1 µs against
         # torch's ~5 µs (vLLM's InputBatch pairs every CPU tensor with a numpy view the same way).
@@ -71,6 +73,7 @@ class InputBatch:
         self.num_tokens_np = self.num_tokens.numpy()
         self.num_prompt_tokens_np = self.num_prompt_tokens.numpy()
         self.num_computed_tokens_np = self.num_computed_tokens.numpy()
+        self.lora_ids_np = self.lora_ids.numpy()
         self.block_table = BlockTable(max_num_reqs, -(-max_model_len // block_size), block_size)
 
         # Sampling parameters, one value per row (vLLM's InputBatch keeps the same columns).
@@ -92,6 +95,7 @@ class InputBatch:
                 self.num_tokens,
                 self.num_prompt_tokens,
                 self.num_computed_tokens,
+                self.lora_ids,
                 self.temperature,
                 self.greedy,
                 self.top_p,
@@ -136,6 +140,7 @@ class InputBatch:
         self.num_tokens_np[row] = state.num_tokens
         self.num_prompt_tokens_np[row] = num_prompt
         self.num_computed_tokens_np[row] = state.num_computed_tokens
+        self.lora_ids_np[row] = state.lora_int_id
         self.block_table.add_row(state.block_ids, row)
         self._add_sampling_params(state, row)
         self._sampling_metadata = None

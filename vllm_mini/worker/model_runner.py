@@ -39,6 +39,7 @@ from vllm_mini.core.sched.output import (
     SchedulerOutput,
 )
 from vllm_mini.forward_context import set_forward_context
+from vllm_mini.lora.model_manager import LoRAModelManager
 from vllm_mini.model_executor.layers.rejection_sampler import RejectionSampler
 from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
@@ -80,12 +81,17 @@ class ModelRunner:
         elif spec is not None:
             self.drafter = DraftModelProposer(vllm_config)
         self.model: torch.nn.Module | None = None
+        self.lora_manager: LoRAModelManager | None = None
         self.attn_layers: list[Attention] = []
         self._paused_generators: dict[str, torch.Generator] = {}
 
     def load_model(self) -> None:
         model = get_model(self.vllm_config)
         self.attn_layers = [m for m in model.modules() if isinstance(m, Attention)]
+        # Stage 9: target layers become LoRA wrappers around the loaded base layers.
+        self.lora_manager = None
+        if self.vllm_config.lora_config is not None:
+            self.lora_manager = LoRAModelManager(model, self.vllm_config.lora_config, self.device)
         # The attention custom op finds its layer by name (stage 6, compilation/wrapper.py).
         self.static_forward_context = {layer.layer_name: layer for layer in self.attn_layers}
         self.model = maybe_compile(model, self.vllm_config.compilation_config)
@@ -167,6 +173,7 @@ class ModelRunner:
                 num_computed_tokens=new.num_computed_tokens,
                 output_token_ids=list(new.output_token_ids),
                 generator=generator,
+                lora_int_id=new.lora_int_id,
             )
             self.requests[new.req_id] = state
             batch.add_request(state)
@@ -245,6 +252,10 @@ class ModelRunner:
             start = int(batch.num_tokens_np[row])
             batch.token_ids_np[row, start : start + len(drafts)] = drafts
         input_ids, positions, meta = self._prepare_inputs(so, req_ids)
+        if self.lora_manager is not None:  # each token's adapter slot, for every LoRA layer
+            self.lora_manager.set_batch(
+                batch.lora_ids_np[: len(req_ids)], meta.query_start_loc_cpu, meta.max_query_len
+            )
         hidden_states = self._run_model(input_ids, positions, meta)
 
         # Only requests whose scheduled tokens reach their last known token sample; a partial

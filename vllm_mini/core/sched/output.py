@@ -22,6 +22,7 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
+    lora_int_id: int = 0  # the request's LoRA adapter (stage 9); 0: the base model
 
 
 @dataclass

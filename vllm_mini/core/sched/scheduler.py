@@ -84,6 +84,9 @@ class Scheduler:
         self.num_spec_tokens = spec.num_speculative_tokens if spec is not None else 0
         # A draft model writes KV for its own drafts at the positions after a request's tokens
         # (spec_decode/draft_model.py): each allocation reserves that many slots beyond them.
+        # A step can mix at most max_loras adapters: each needs a slot in every LoRA layer.
+        lora = vllm_config.lora_config
+        self.max_loras = lora.max_loras if lora is not None else 0
         self.num_lookahead_tokens = (
             self.num_spec_tokens if spec is not None and spec.method == "draft_model" else 0
         )
@@ -131,11 +134,15 @@ class Scheduler:
         scheduled_new: list[Request] = []
         preempted: list[Request] = []
         spec_tokens: dict[str, list[int]] = {}
+        step_loras: set[int] = set()  # distinct adapters scheduled this step
 
         # 1. Running requests first: they already hold KV blocks, finishing them frees memory.
         idx = 0
         while idx < len(self.running) and token_budget > 0:
             request = self.running[idx]
+            if not self._lora_fits(request, step_loras):
+                idx += 1  # its adapter would need a slot this step does not have: next step
+                continue
             # With drafts: the last token plus as many drafts as the budget allows.
             num_new = min(request.num_tokens_with_spec - request.num_computed_tokens, token_budget)
             blocks = self.kv_cache_manager.allocate_slots(
@@ -162,6 +169,7 @@ class Scheduler:
                 # its running loop here too).
                 break
             scheduled_running.append(request)
+            step_loras.add(request.lora_int_id)
             num_scheduled_tokens[request.request_id] = num_new
             new_blocks[request.request_id] = blocks
             token_budget -= num_new
@@ -173,7 +181,9 @@ class Scheduler:
                 request.spec_token_ids = []
             idx += 1
 
-        # 2. Admit waiting requests, unless memory was so tight that we just preempted.
+        # 2. Admit waiting requests, unless memory was so tight that we just preempted. Those whose
+        # adapter would exceed this step's slots wait their turn in `skipped` (vLLM does the same).
+        skipped: list[Request] = []
         while (
             not preempted
             and self.waiting
@@ -181,6 +191,9 @@ class Scheduler:
             and len(self.running) < self.max_num_running_reqs
         ):
             request = self.waiting.peek_request()
+            if not self._lora_fits(request, step_loras):
+                skipped.append(self.waiting.pop_request())
+                continue
             computed_blocks, num_computed = self.kv_cache_manager.get_computed_blocks(request)
             num_new = request.num_tokens - num_computed
             if num_new > token_budget and not self.enable_chunked_prefill:
@@ -202,8 +215,11 @@ class Scheduler:
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_computed
             scheduled_new.append(request)
+            step_loras.add(request.lora_int_id)
             num_scheduled_tokens[request.request_id] = num_new
             token_budget -= num_new
+        for request in reversed(skipped):
+            self.waiting.prepend_request(request)  # back at the front, in their order
 
         output = SchedulerOutput(
             scheduled_new_reqs=[self._new_request_data(r) for r in scheduled_new],
@@ -232,6 +248,12 @@ class Scheduler:
             )
         return output
 
+    def _lora_fits(self, request: Request, step_loras: set[int]) -> bool:
+        """Base-model requests always fit; an adapter fits if scheduled already or a slot is left."""
+        if request.lora_int_id == 0 or request.lora_int_id in step_loras:
+            return True
+        return len(step_loras - {0}) < self.max_loras
+
     def _pick_victim(self) -> Request:
         if self.policy == "priority":
             return max(self.running, key=lambda r: (r.priority, r.arrival_time))
@@ -256,6 +278,7 @@ class Scheduler:
             sampling_params=request.sampling_params,
             block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
             num_computed_tokens=request.num_computed_tokens,
+            lora_int_id=request.lora_int_id,
         )
 
     # ------------------------------------------------------------------ after the step
