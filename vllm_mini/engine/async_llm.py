@@ -12,6 +12,8 @@ So `add_request` and `get_stats` never wait for a step to finish: the loop keeps
 while a long step runs. A consumer that stops iterating (client disconnect, task cancel) aborts
 its request; its KV blocks are freed when the worker drains the abort, before the next step.
 `await abort(id)` returns once that has happened (it awaits a future; the loop stays free).
+LoRA adapters (stage 9) change the same way: `add_lora` / `remove_lora` check in the front end,
+then queue a change that the worker applies between two steps, and return once it has.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from vllm_mini.core.sched.output import EngineCoreOutput
@@ -39,11 +42,30 @@ class EngineDeadError(RuntimeError):
     """The engine loop crashed; every in-flight request gets this error."""
 
 
+class LoRAInUseError(ValueError):
+    """remove_lora was asked for an adapter that unfinished requests still run with."""
+
+
+@dataclass
+class _LoRAChange:
+    """One adapter change for the worker thread: `op` on `arg`, with its outcome written back.
+
+    The worker writes `result`/`error` before its step returns; the loop thread reads them only
+    after, so no lock is needed (the same hand-over as the step's outputs)."""
+
+    op: str  # "add_lora", "remove_lora" or "list_loras"
+    arg: Any = None
+    result: Any = None
+    error: BaseException | None = None
+    applied: bool = False
+
+
 class AsyncLLM:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
-        # (seq, "add", [EngineCoreRequest, ...]) or (seq, "abort", [core id, ...]), in order.
+        # (seq, "add", [EngineCoreRequest, ...]) or (seq, "abort", [core id, ...]), in order;
+        # (seq, "add_lora" | "remove_lora" | "list_loras", [_LoRAChange]) for adapters.
         # deque.append/popleft are atomic, so the loop thread appends while the worker pops.
         self._core_inbox: deque[tuple[int, str, list[Any]]] = deque()
         self._inbox_seq = 0
@@ -52,6 +74,9 @@ class AsyncLLM:
         self._applied_seq = 0
         # Loop-thread futures of `abort` calls, resolved once the core has applied their seq.
         self._waiters: list[tuple[int, asyncio.Future]] = []
+        # Adapter id of each unfinished request that has one (loop thread): remove_lora refuses
+        # an adapter that is still in use instead of pulling it from under a running request.
+        self._request_loras: dict[str, int] = {}
         self._scheduler_stats: SchedulerStats = engine.engine_core.make_stats()
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -96,6 +121,7 @@ class AsyncLLM:
                         queue.put_nowait(out)
                         if out.finished:
                             self.queues.pop(out.request_id, None)
+                            self._request_loras.pop(out.request_id, None)
                 await asyncio.sleep(0)  # let consumers and new requests in between steps
         except Exception as e:  # noqa: BLE001 - every waiter must hear about it
             logger.exception("engine loop crashed")
@@ -103,6 +129,7 @@ class AsyncLLM:
             for queue in self.queues.values():
                 queue.put_nowait(EngineDeadError(f"engine loop died: {e!r}"))
             self.queues.clear()
+            self._request_loras.clear()
             self._applied_seq = self._inbox_seq  # nothing will run any more: release waiters
             self._resolve_waiters()
 
@@ -114,12 +141,30 @@ class AsyncLLM:
             if kind == "add":
                 for request in items:
                     core.add_request(request)
-            else:
+            elif kind == "abort":
                 core.abort_requests(items)
+            else:
+                for change in items:
+                    self._apply_lora_change(core, change)
             self._applied_seq = seq
         outputs = core.step() if core.has_unfinished_requests() else []
         self._core_busy = core.has_unfinished_requests()
         return outputs, core.make_stats()
+
+    @staticmethod
+    def _apply_lora_change(core, change: _LoRAChange) -> None:
+        """Worker thread. A failure is the caller's (a file that vanished since the check, say):
+        it goes back to whoever asked, and must not kill the loop every request depends on."""
+        try:
+            if change.op == "add_lora":
+                core.add_lora(change.arg)
+            elif change.op == "remove_lora":
+                change.result = core.remove_lora(change.arg)
+            else:
+                change.result = core.list_loras()
+        except Exception as e:  # noqa: BLE001 - handed back to the awaiting coroutine
+            change.error = e
+        change.applied = True
 
     # ------------------------------------------------------------------ requests
     async def add_request(
@@ -141,6 +186,8 @@ class AsyncLLM:
         )
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self.queues[request_id] = queue
+        if lora_request is not None:
+            self._request_loras[request_id] = lora_request.lora_int_id
         self._send_to_core("add", core_requests)
         return queue
 
@@ -206,8 +253,63 @@ class AsyncLLM:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
         for rid in ids:
             self.queues.pop(rid, None)
+            self._request_loras.pop(rid, None)
         core_ids = self.engine.abort_front_end(ids)
         return self._send_to_core("abort", core_ids) if core_ids else None
+
+    # ------------------------------------------------------------------ LoRA adapters
+    async def add_lora(self, lora_request: LoRARequest) -> None:
+        """Check an adapter and register it with the core; returns once the core has it.
+
+        Raises ValueError (the Processor's message: a missing file, a rank above max_lora_rank,
+        a module the model lacks, LoRA off) before anything reaches the core. The check reads
+        the adapter on the event loop, as every request's check does; fine for the small files
+        adapters are, and it keeps the Processor on one thread."""
+        self._ensure_loop()
+        self.engine.processor.check_lora(lora_request)
+        try:
+            await self._lora_change(_LoRAChange("add_lora", lora_request))
+        except BaseException:
+            # The core refused it: let the front end forget it too, so the two halves agree.
+            self.engine.processor.forget_lora(lora_request.lora_int_id)
+            raise
+
+    async def remove_lora(self, lora_int_id: int) -> bool:
+        """Unregister an adapter; False if the core did not know it.
+
+        Refuses (LoRAInUseError) while unfinished requests use it: the core reloads an adapter
+        from its registration whenever a step needs it, so removing one mid-request would fail
+        that request's next step, and with it the whole batch. The check and the queued removal
+        happen with no await in between, so no request of this adapter can slip in after the
+        check and before the removal is queued; later ones re-register it through the Processor
+        (which is why a server also stops accepting the adapter's name first)."""
+        self._ensure_loop()
+        users = [rid for rid, lid in self._request_loras.items() if lid == lora_int_id]
+        if users:
+            raise LoRAInUseError(
+                f"LoRA adapter {lora_int_id} is in use by {len(users)} unfinished request(s) "
+                f"(e.g. {users[0]!r}); retry once they finish"
+            )
+        self.engine.processor.forget_lora(lora_int_id)
+        return await self._lora_change(_LoRAChange("remove_lora", lora_int_id))
+
+    async def list_loras(self) -> list[LoRARequest]:
+        """The adapters the core has registered, read on its own thread between two steps."""
+        self._ensure_loop()
+        return await self._lora_change(_LoRAChange("list_loras"))
+
+    async def _lora_change(self, change: _LoRAChange) -> Any:
+        """Queue a change behind every add/abort sent before it; wait until the worker applied
+        it (at most the rest of the step in flight); return its result or raise its error."""
+        seq = self._send_to_core(change.op, [change])
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        await future
+        if not change.applied:  # the loop died first and released every waiter
+            raise EngineDeadError(f"engine loop died: {self.errored!r}")
+        if change.error is not None:
+            raise change.error
+        return change.result
 
     def get_stats(self) -> dict[str, Any]:
         """Counters as of the last step (the core's own state is never read off its thread)."""

@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="start the OpenAI-compatible server",
         description="Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, "
-        "/v1/models) plus /health, /metrics, /tokenize and /detokenize.",
+        "/v1/models) plus /health, /metrics, /tokenize and /detokenize. With --enable-lora and "
+        "--lora-modules NAME=PATH, each adapter is served as the model NAME; with the "
+        "environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=1, adapters can also be loaded "
+        "and unloaded while serving (POST /v1/load_lora_adapter, /v1/unload_lora_adapter).",
         usage="vllm-mini serve [MODEL] [options]",
     )
     serve.add_argument(

@@ -7,12 +7,16 @@ client can send, never a 500), the API key on /v1/* routes, and aborting a non-s
 when its client disconnects (streams abort through their generator being closed).
 `run_server` is what `vllm-mini serve` runs. Start reading at `build_app`; next:
 serving_completion.py, then the engine it drives, engine/async_llm.py.
+LoRA: `--lora-modules` adapters are loaded before the server starts; the routes that load and
+unload adapters at run time exist only when VLLM_ALLOW_RUNTIME_LORA_UPDATING is set, as in vLLM
+(anyone who can reach them can make the server read any path it can see).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from http import HTTPStatus
@@ -21,7 +25,7 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,12 +39,18 @@ from vllm_mini.entrypoints.openai.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     ErrorResponse,
+    LoadLoRAAdapterRequest,
     TokenizeRequest,
+    UnloadLoRAAdapterRequest,
 )
 from vllm_mini.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm_mini.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from vllm_mini.entrypoints.openai.serving_engine import create_error_response, internal_error
-from vllm_mini.entrypoints.openai.serving_models import OpenAIServingModels
+from vllm_mini.entrypoints.openai.serving_models import (
+    LoRAModulePath,
+    OpenAIServingModels,
+    parse_lora_module,
+)
 from vllm_mini.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from vllm_mini.logger import init_logger
 
@@ -54,6 +64,7 @@ _ERROR_TYPES = {
     401: "AuthenticationError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",
+    409: "ConflictError",
     413: "PayloadTooLargeError",
     500: "InternalServerError",
 }
@@ -177,12 +188,31 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_json(internal_error(exc))
 
 
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+
+
+def runtime_lora_updating_allowed() -> bool:
+    """vLLM's switch for /v1/load_lora_adapter and /v1/unload_lora_adapter: "1" or "true"."""
+    return os.environ.get(RUNTIME_LORA_ENV, "0").strip().lower() in ("1", "true")
+
+
 def build_app(
-    engine: AsyncLLM, *, served_model_name: str | None = None, api_key: str | None = None
+    engine: AsyncLLM,
+    *,
+    served_model_name: str | None = None,
+    api_key: str | None = None,
+    lora_modules: Sequence[LoRAModulePath] = (),
+    allow_runtime_lora_updating: bool | None = None,
 ) -> FastAPI:
+    """The app over a fresh engine. `lora_modules` are loaded now (a bad one raises ValueError
+    naming it); `allow_runtime_lora_updating` (default: the VLLM_ALLOW_RUNTIME_LORA_UPDATING
+    environment variable) adds the routes that load and unload adapters while serving."""
     model_config = engine.model_config
     name = served_model_name or model_config.served_model_name or model_config.model
-    models = OpenAIServingModels(name, model_config.model, model_config.max_model_len)
+    models = OpenAIServingModels(name, model_config.model, model_config.max_model_len, engine)
+    models.load_static_loras(list(lora_modules))
+    if allow_runtime_lora_updating is None:
+        allow_runtime_lora_updating = runtime_lora_updating_allowed()
     metrics = ServerMetrics(engine, name)
     completion = OpenAIServingCompletion(engine, models, metrics)
     chat = OpenAIServingChat(engine, models, metrics)
@@ -223,6 +253,30 @@ def build_app(
         result = await until_disconnect(raw_request, chat.create_chat_completion(request))
         return to_response(result) if result is not None else Response(status_code=499)
 
+    if allow_runtime_lora_updating:
+        logger.warning(
+            "runtime LoRA updating is on: /v1/load_lora_adapter reads any adapter path the "
+            "server can see; do not expose it to untrusted clients"
+        )
+
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(request: LoadLoRAAdapterRequest) -> Response:
+            result = await models.load_lora_adapter(request)
+            return (
+                error_json(result)
+                if isinstance(result, ErrorResponse)
+                else PlainTextResponse(result)
+            )
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(request: UnloadLoRAAdapterRequest) -> Response:
+            result = await models.unload_lora_adapter(request)
+            return (
+                error_json(result)
+                if isinstance(result, ErrorResponse)
+                else PlainTextResponse(result)
+            )
+
     @app.post("/tokenize")
     async def tokenize(request: TokenizeRequest) -> Response:
         return to_response(await tokenization.create_tokenize(request))
@@ -248,15 +302,41 @@ def make_arg_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug", "trace"],
         help="uvicorn's log level (default: info)",
     )
+    group.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        type=_lora_module_arg,
+        metavar="NAME=PATH",
+        help="LoRA adapters to serve (needs --enable-lora), each as name=path or as JSON "
+        '\'{"name": "sql-lora", "path": "/adapters/sql", "base_model_name": "..."}\'; '
+        "clients pick one with model=NAME. Put MODEL before this flag.",
+    )
     EngineArgs.add_cli_args(parser)
     return parser
+
+
+def _lora_module_arg(text: str) -> LoRAModulePath:
+    try:
+        return parse_lora_module(text)
+    except ValueError as e:  # argparse prints it as "argument --lora-modules: ..."
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def run_server(args: argparse.Namespace) -> None:
     """Build the engine, then serve until Ctrl-C (blocking)."""
     engine_args = EngineArgs.from_cli_args(args)
     engine = AsyncLLM.from_engine_args(engine_args)
-    app = build_app(engine, served_model_name=engine_args.served_model_name, api_key=args.api_key)
+    try:
+        app = build_app(
+            engine,
+            served_model_name=engine_args.served_model_name,
+            api_key=args.api_key,
+            lora_modules=getattr(args, "lora_modules", None) or (),
+        )
+    except ValueError as e:  # a bad --lora-modules adapter: stop before listening
+        engine.shutdown()
+        raise SystemExit(f"vllm-mini serve: {e}") from e
     name = engine.model_config.served_model_name
     url = f"http://{args.host}:{args.port}"
     logger.info("serving model %r at %s (OpenAI API under %s/v1)", name, url, url)

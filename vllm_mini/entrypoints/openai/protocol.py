@@ -334,3 +334,15 @@ class DetokenizeRequest(OpenAIBaseModel):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+# ---- /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's, not OpenAI's) --------------------
+
+
+class LoadLoRAAdapterRequest(OpenAIBaseModel):
+    lora_name: str  # the `model` name clients will use
+    lora_path: str  # a local PEFT adapter directory (adapter_config.json + weights)
+
+
+class UnloadLoRAAdapterRequest(OpenAIBaseModel):
+    lora_name: str

@@ -47,7 +47,8 @@ class OpenAIServingChat(OpenAIServing):
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | ErrorResponse | AsyncGenerator[str, None]:
         """An ErrorResponse, the whole response, or (stream=true) a generator of SSE events."""
-        error = self.models.check_model(request.model)
+        # `model` names the base model or one of its LoRA adapters (None: no adapter).
+        lora_request, error = self.models.resolve(request.model)
         if error is not None:
             return error
         self.log_ignored_fields(request)
@@ -56,23 +57,24 @@ class OpenAIServingChat(OpenAIServing):
             prompt = self.render_chat(request.messages, request.add_generation_prompt)
             self.validate_prompt(prompt, params, input_name="messages")
             request_id = self.request_id()
-            queues = await self.add_requests([prompt], [params], request_id)
+            queues = await self.add_requests([prompt], [params], request_id, lora_request)
         except ValueError as e:
             return self.bad_request(e, request)
 
         results = self.generate([prompt], [params], request_id, queues)
+        model = self.models.model_name(lora_request)
         if request.stream:
             num_prompt_tokens = len(prompt["prompt_token_ids"])
-            return self.stream(request, num_prompt_tokens, params, results, request_id)
+            return self.stream(request, num_prompt_tokens, params, results, request_id, model)
         final: RequestOutput | None = None
         async with aclosing(results) as stream:
             async for _, out in stream:
                 final = out
         assert final is not None and final.finished, "the stream ends with the finished output"
-        return self.full_response(request, final, request_id)
+        return self.full_response(request, final, request_id, model)
 
     def full_response(
-        self, request: ChatCompletionRequest, final: RequestOutput, request_id: str
+        self, request: ChatCompletionRequest, final: RequestOutput, request_id: str, model: str
     ) -> ChatCompletionResponse:
         choices = [
             ChatCompletionResponseChoice(
@@ -93,9 +95,7 @@ class OpenAIServingChat(OpenAIServing):
             completion_tokens=num_generated,
             total_tokens=num_prompt + num_generated,
         )
-        return ChatCompletionResponse(
-            id=request_id, model=self.models.served_model_name, choices=choices, usage=usage
-        )
+        return ChatCompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
 
     async def stream(
         self,
@@ -104,10 +104,9 @@ class OpenAIServingChat(OpenAIServing):
         params: SamplingParams,
         results: AsyncIterator[tuple[int, RequestOutput]],
         request_id: str,
+        model: str,
     ) -> AsyncGenerator[str, None]:
-        chunk_base = ChatCompletionStreamResponse(
-            id=request_id, model=self.models.served_model_name, choices=[]
-        )
+        chunk_base = ChatCompletionStreamResponse(id=request_id, model=model, choices=[])
         options = request.stream_options
         deltas = StreamDeltas(request.n, params)
         num_generated = [0] * request.n

@@ -49,7 +49,8 @@ class OpenAIServingCompletion(OpenAIServing):
         self, request: CompletionRequest
     ) -> CompletionResponse | ErrorResponse | AsyncGenerator[str, None]:
         """An ErrorResponse, the whole response, or (stream=true) a generator of SSE events."""
-        error = self.models.check_model(request.model)
+        # `model` names the base model or one of its LoRA adapters (None: no adapter).
+        lora_request, error = self.models.resolve(request.model)
         if error is not None:
             return error
         self.log_ignored_fields(request)
@@ -64,18 +65,19 @@ class OpenAIServingCompletion(OpenAIServing):
                 self.validate_prompt(p, base_params)
             params = [base_params] * len(prompts)
             request_id = self.request_id()
-            queues = await self.add_requests(prompts, params, request_id)
+            queues = await self.add_requests(prompts, params, request_id, lora_request)
         except ValueError as e:
             return self.bad_request(e, request)
 
         results = self.generate(prompts, params, request_id, queues)
+        model = self.models.model_name(lora_request)
         if request.stream:
-            return self.stream(request, prompts, params[0], results, request_id)
+            return self.stream(request, prompts, params[0], results, request_id, model)
         final: list[RequestOutput | None] = [None] * len(prompts)
         async with aclosing(results) as stream:
             async for i, out in stream:
                 final[i] = out
-        return self.full_response(request, prompts, final, request_id)
+        return self.full_response(request, prompts, final, request_id, model)
 
     def full_response(
         self,
@@ -83,6 +85,7 @@ class OpenAIServingCompletion(OpenAIServing):
         prompts: list[EnginePrompt],
         final: list[RequestOutput | None],
         request_id: str,
+        model: str,
     ) -> CompletionResponse:
         choices: list[CompletionResponseChoice] = []
         usage = UsageInfo()
@@ -105,9 +108,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 usage.completion_tokens += len(c.token_ids)
             usage.prompt_tokens += len(out.prompt_token_ids)
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return CompletionResponse(
-            id=request_id, model=self.models.served_model_name, choices=choices, usage=usage
-        )
+        return CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
 
     async def stream(
         self,
@@ -116,12 +117,11 @@ class OpenAIServingCompletion(OpenAIServing):
         params: SamplingParams,
         results: AsyncIterator[tuple[int, RequestOutput]],
         request_id: str,
+        model: str,
     ) -> AsyncGenerator[str, None]:
         n = request.n
         deltas = StreamDeltas(len(prompts) * n, params)
-        chunk_base = CompletionStreamResponse(
-            id=request_id, model=self.models.served_model_name, choices=[]
-        )
+        chunk_base = CompletionStreamResponse(id=request_id, model=model, choices=[])
         options = request.stream_options
         prompt_tokens = [len(p["prompt_token_ids"]) for p in prompts]
         completion_tokens = [0] * (len(prompts) * n)

@@ -27,6 +27,7 @@ from vllm_mini.entrypoints.openai.metrics import ServerMetrics
 from vllm_mini.entrypoints.openai.protocol import ChatMessage, ErrorInfo, ErrorResponse
 from vllm_mini.entrypoints.openai.serving_models import OpenAIServingModels
 from vllm_mini.logger import init_logger
+from vllm_mini.lora.request import LoRARequest
 from vllm_mini.outputs import CompletionOutput, RequestOutput
 from vllm_mini.sampling_params import SamplingParams
 
@@ -176,16 +177,23 @@ class OpenAIServing:
     # ---- running requests --------------------------------------------------------------------
 
     async def add_requests(
-        self, prompts: list[EnginePrompt], params: list[SamplingParams], request_id: str
+        self,
+        prompts: list[EnginePrompt],
+        params: list[SamplingParams],
+        request_id: str,
+        lora_request: LoRARequest | None = None,
     ) -> list[asyncio.Queue]:
         """Add every prompt as its own engine request, all or nothing: a ValueError (bad input
         the engine's Processor found) leaves nothing queued and becomes a 400 before any byte of
-        the response is sent."""
+        the response is sent. `lora_request`: the adapter the request's `model` named."""
         await self.engine.check_health()
         queues: list[asyncio.Queue] = []
         try:
             for i, (prompt, p) in enumerate(zip(prompts, params)):
-                queues.append(await self.engine.add_request(_prompt_id(request_id, i), prompt, p))
+                rid = _prompt_id(request_id, i)
+                queues.append(
+                    await self.engine.add_request(rid, prompt, p, lora_request=lora_request)
+                )
         except ValueError:
             self.engine.abort_nowait([_prompt_id(request_id, i) for i in range(len(queues))])
             raise
