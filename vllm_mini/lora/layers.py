@@ -52,6 +52,17 @@ class LinearWithLoRA(nn.Module):
             torch.zeros(max_loras, max_rank, in_size, device=device) for _ in self.slices
         ]
         self.lora_b = [torch.zeros(max_loras, n, max_rank, device=device) for n in self.slices]
+        self._refresh_dense()
+
+    def _refresh_dense(self) -> None:
+        """The dense CPU path's layouts (punica_wrapper.py), rebuilt when an adapter moves in:
+        all slices' A stacked to [slices * S * R, in], each B as [out_i, S * R]."""
+        if not self.punica.dense:
+            return
+        self.a_all = torch.cat([a.reshape(-1, a.shape[-1]) for a in self.lora_a])
+        self.b_dense = [
+            b.permute(1, 0, 2).reshape(b.shape[1], -1).contiguous() for b in self.lora_b
+        ]
 
     def set_lora(self, slot: int, weights: list[LoRALayerWeights | None]) -> None:
         """Put one adapter's matrices (None: slices it does not patch) into `slot`."""
@@ -62,10 +73,13 @@ class LinearWithLoRA(nn.Module):
                 r = w.lora_a.shape[0]
                 self.lora_a[i][slot, :r].copy_(w.lora_a)
                 self.lora_b[i][slot, :, :r].copy_(w.lora_b)
+        self._refresh_dense()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, bias = self.base_layer(x)
-        if self.punica.has_lora:
+        if self.punica.has_lora and self.punica.dense:
+            self.punica.add_lora_dense(out, x, self.a_all, self.b_dense, self.offsets)
+        elif self.punica.has_lora:
             self.punica.add_lora_linear(out, x, self.lora_a, self.lora_b, self.offsets)
         return out, bias
 

@@ -125,4 +125,10 @@ class LoRAModelManager:
             return
         mapping = self._activate(active)
         row_slots = np.array([mapping.get(int(i), -1) for i in row_lora_ids], dtype=np.int64)
-        self.punica.update_metadata(np.repeat(row_slots, counts), query_start_loc, max_query_len)
+        self.punica.update_metadata(
+            np.repeat(row_slots, counts),
+            query_start_loc,
+            max_query_len,
+            self.config.max_loras,
+            self.config.max_lora_rank,
+        )
