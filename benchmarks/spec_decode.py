@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--lookup-min", type=int, default=2)
     parser.add_argument("--lookup-max", type=int, default=4)
     parser.add_argument("--method", choices=["ngram", "draft_model"], default="ngram")
+    parser.add_argument(
+        "--disable-by-batch-size", type=int, default=None, help="no drafts from this batch size"
+    )
     parser.add_argument("--draft-model", default=None, help="draft checkpoint (draft_model)")
     parser.add_argument(
         "--draft-layers", type=int, default=None, help="draft = the target's first N layers"
@@ -155,6 +158,9 @@ def main() -> None:
         label = f"draft model {args.draft_model or 'target'} k={args.k}"
         label += f", first {args.draft_layers} layers" if args.draft_layers else ""
     spec.update(method=args.method, num_speculative_tokens=args.k)
+    if args.disable_by_batch_size is not None:
+        spec["disable_by_batch_size"] = args.disable_by_batch_size
+        label += f", disable_by_batch_size {args.disable_by_batch_size}"
     engines = {
         "plain": LLM(args.model, dtype=args.dtype, enable_prefix_caching=False),
         "spec": LLM(

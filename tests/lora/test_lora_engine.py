@@ -203,3 +203,34 @@ def test_bad_adapters_are_clear_errors_and_the_engine_keeps_serving(adapters, tm
     # Still serving, nothing leaked.
     assert _generate(llm, adapters, [(0, "qv8")])[0] == adapters["refs"]["qv8"][0]
     assert not llm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.slow
+def test_smollm2_with_a_peft_adapter_equals_peft(tmp_path):
+    """The real model (float32, the GGUF read by transformers) with a PEFT adapter on every
+    projection: vllm_mini's greedy tokens equal PEFT's, and differ from the base model's."""
+    from peft import LoraConfig, get_peft_model
+
+    from benchmarks.common import load_hf_peer
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL, init_lora_weights=False)
+    peft_model = get_peft_model(load_hf_peer(None, torch.float32), config)
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name:
+            param.data.mul_(0.3)  # enough to change the answer, not enough to make noise
+    peft_model.save_pretrained(tmp_path / "smol_lora")
+    prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018]
+    with torch.inference_mode():
+        ref = peft_model.generate(
+            input_ids=torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+            eos_token_id=None, pad_token_id=0,
+        )[0, len(prompt) :].tolist()  # fmt: skip
+    llm = LLM(dtype="float32", enable_lora=True, max_lora_rank=8)
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    lora = LoRARequest("smol", 1, str(tmp_path / "smol_lora"))
+    tuned, plain = llm.generate(
+        [{"prompt_token_ids": prompt}] * 2, params, lora_request=[lora, None], use_tqdm=False
+    )
+    assert tuned.outputs[0].token_ids == ref
+    assert plain.outputs[0].token_ids != ref
