@@ -28,7 +28,7 @@ import torch
 from vllm_mini.model_executor.layers.sampler import (
     LogprobsTensors,
     Sampler,
-    apply_penalties,
+    apply_min_tokens_and_penalties,
     apply_top_k_top_p_min_p,
 )
 from vllm_mini.model_executor.sampling_metadata import SamplingMetadata
@@ -103,11 +103,7 @@ class RejectionSampler:
         """
         xmd = expand_metadata(md, drafts)
         raw_logprobs = logits.log_softmax(dim=-1) if md.max_num_logprobs is not None else None
-        for row, (_, stop_ids) in xmd.min_tokens.items():
-            if stop_ids:
-                logits[row, list(stop_ids)] = float("-inf")
-        if not xmd.no_penalties:
-            logits = apply_penalties(logits, xmd)
+        logits = apply_min_tokens_and_penalties(logits, xmd)
         greedy = logits.argmax(dim=-1).tolist()
         probs = None
         if not md.all_greedy:

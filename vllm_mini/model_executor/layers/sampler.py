@@ -88,6 +88,17 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, md: SamplingMetadata) -> torch
     return torch.empty_like(logits).scatter_(1, order, masked)
 
 
+def apply_min_tokens_and_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """Steps 2 and 3 above: what the request's history does to its logits (in place for the
+    min_tokens mask). The rejection sampler (stage 11) applies the same per draft position."""
+    for row, (_, stop_ids) in md.min_tokens.items():
+        if stop_ids:
+            logits[row, list(stop_ids)] = float("-inf")
+    if not md.no_penalties:
+        logits = apply_penalties(logits, md)
+    return logits
+
+
 def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
     q = torch.empty_like(probs).exponential_()
     for row, generator in generators.items():
@@ -99,11 +110,7 @@ class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         # logits: [B, vocab] float32
         raw_logprobs = logits.log_softmax(dim=-1) if md.max_num_logprobs is not None else None
-        for row, (_, stop_ids) in md.min_tokens.items():
-            if stop_ids:
-                logits[row, list(stop_ids)] = float("-inf")
-        if not md.no_penalties:
-            logits = apply_penalties(logits, md)
+        logits = apply_min_tokens_and_penalties(logits, md)
 
         greedy = logits.argmax(dim=-1)
         if md.all_greedy:
