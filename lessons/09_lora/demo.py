@@ -84,8 +84,8 @@ def record_token_slots(punica) -> list:
     steps = []
     update = punica.update_metadata
 
-    def recording(token_slots, query_start_loc, max_query_len):
-        update(token_slots, query_start_loc, max_query_len)
+    def recording(token_slots, query_start_loc, max_query_len, *slots_and_rank):
+        update(token_slots, query_start_loc, max_query_len, *slots_and_rank)
         if max_query_len == 1:  # decode: BGMV reads one slot per token
             steps.append(token_slots.tolist())
         else:  # prefill: SGMV reads one slot per request's run of tokens

@@ -55,13 +55,6 @@ class PunicaWrapper:
         self.has_lora = bool((token_slots >= 0).any())
         if not self.has_lora:
             return
-        if self.dense:
-            # mask[t, s * rank : (s + 1) * rank] = 1 for token t's slot s, 0 elsewhere.
-            mask = np.zeros((len(token_slots), num_slots, max_rank), dtype=np.float32)
-            rows = np.flatnonzero(token_slots >= 0)
-            mask[rows, token_slots[rows]] = 1.0
-            self.token_mask = torch.from_numpy(mask.reshape(len(token_slots), -1)).to(self.device)
-            return
         self.is_decode = max_query_len == 1
         if self.is_decode:
             self.token_indices = torch.from_numpy(token_slots.astype(np.int64)).to(self.device)
@@ -70,6 +63,12 @@ class PunicaWrapper:
             lens = [e - s for s, e in zip(starts, query_start_loc[1:])]
             slots = [int(token_slots[s]) if n else -1 for s, n in zip(starts, lens)]
             self.segments = (starts, lens, slots)
+        if self.dense:
+            # mask[t, s * rank : (s + 1) * rank] = 1 for token t's slot s, 0 elsewhere.
+            mask = np.zeros((len(token_slots), num_slots, max_rank), dtype=np.float32)
+            rows = np.flatnonzero(token_slots >= 0)
+            mask[rows, token_slots[rows]] = 1.0
+            self.token_mask = torch.from_numpy(mask.reshape(len(token_slots), -1)).to(self.device)
 
     def add_lora_linear(
         self,
