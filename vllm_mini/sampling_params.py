@@ -49,6 +49,12 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # Logits controls (OpenAI's logit_bias; vLLM's allowed_token_ids and bad_words).
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    # bad_words as token sequences, filled by the front end (Processor) with the tokenizer.
+    bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
     # Filled by the engine: stop_token_ids plus EOS unless ignore_eos.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
 
@@ -119,6 +125,36 @@ class SamplingParams:
         for t in self.stop_token_ids:
             if not isinstance(t, int) or isinstance(t, bool) or t < 0:
                 raise ValueError(f"stop_token_ids must be non-negative ints, got {t!r}.")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise ValueError(
+                    f"logit_bias must be a dict token id -> bias, got {self.logit_bias!r}."
+                )
+            bias = {}
+            for token, value in self.logit_bias.items():
+                # JSON object keys are strings: the server sends {"50256": -100}.
+                if isinstance(token, str) and token.lstrip("-").isdigit():
+                    token = int(token)
+                if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                    raise ValueError(f"logit_bias keys must be token ids >= 0, got {token!r}.")
+                _check_number("logit_bias value", value)
+                if not -100.0 <= value <= 100.0:
+                    raise ValueError(f"logit_bias values must be in [-100, 100], got {value}.")
+                bias[token] = float(value)
+            self.logit_bias = bias
+        if self.allowed_token_ids is not None:
+            ids = self.allowed_token_ids
+            if not isinstance(ids, list) or not ids:
+                raise ValueError(f"allowed_token_ids must be a non-empty list, got {ids!r}.")
+            for t in ids:
+                if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+                    raise ValueError(f"allowed_token_ids must be token ids >= 0, got {t!r}.")
+        if self.bad_words is not None:
+            if isinstance(self.bad_words, str):
+                self.bad_words = [self.bad_words]
+            for w in self.bad_words:
+                if not isinstance(w, str) or not w.strip():
+                    raise ValueError(f"bad_words must be non-empty strings, got {w!r}.")
 
     @property
     def sampling_type(self) -> SamplingType:

@@ -164,6 +164,15 @@ class Processor:
         bad_stop = [t for t in params.stop_token_ids or () if t >= vocab]
         if bad_stop:  # the sampler indexes logits with them: an unchecked id crashes the step
             raise ValueError(f"stop_token_ids must be in [0, {vocab}), got {bad_stop[:5]}")
+        for name, ids in (
+            ("logit_bias", list(params.logit_bias or ())),
+            ("allowed_token_ids", params.allowed_token_ids or []),
+        ):
+            out_of_range = [t for t in ids if t >= vocab]
+            if out_of_range:
+                raise ValueError(
+                    f"{name} token ids must be in [0, {vocab}), got {out_of_range[:5]}"
+                )
         check_context_length(n, params.max_tokens, max_len)
         if params.logprobs is not None and params.logprobs > self.model_config.max_logprobs:
             raise ValueError(
@@ -181,4 +190,18 @@ class Processor:
                 f"{self.kv_capacity_tokens}; lower max_tokens or enlarge the cache"
             )
         params.update_from_generation_config(self.eos_token_id)
+        if params.bad_words:
+            params.bad_words_token_ids = self._bad_words_token_ids(params.bad_words)
         return params
+
+    def _bad_words_token_ids(self, words: list[str]) -> list[list[int]]:
+        """Each bad word as token sequences, as vLLM does: the word as written and, for a word
+        that may follow another one, with a leading space (BPE vocabularies encode the two
+        differently). A sequence is banned when the output ends with all its tokens but the last."""
+        sequences = []
+        for word in words:
+            for variant in (word, " " + word.lstrip()):
+                ids = self.tokenizer.encode(variant, add_special_tokens=False)
+                if ids and ids not in sequences:
+                    sequences.append(ids)
+        return sequences

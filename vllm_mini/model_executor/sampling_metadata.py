@@ -7,7 +7,7 @@ no request needs it, so the common cases (all greedy, no penalties) skip that wo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,11 @@ class SamplingMetadata:
     frequency_penalties: torch.Tensor | None
     repetition_penalties: torch.Tensor | None
     min_tokens: dict[int, tuple[int, set[int]]]  # row -> (min_tokens, ids masked until then)
+    # Per-row logits controls (rows without them are absent): bias by token, the only tokens
+    # allowed, and banned token sequences.
+    logit_bias: dict[int, dict[int, float]] = field(default_factory=dict)
+    allowed_token_ids: dict[int, list[int]] = field(default_factory=dict)
+    bad_words: dict[int, list[list[int]]] = field(default_factory=dict)
 
     @classmethod
     def from_params(
@@ -94,4 +99,11 @@ class SamplingMetadata:
             if no_penalties
             else tensor([p.repetition_penalty for p in params]),
             min_tokens=min_tokens,
+            logit_bias={i: p.logit_bias for i, p in enumerate(params) if p.logit_bias},
+            allowed_token_ids={
+                i: p.allowed_token_ids for i, p in enumerate(params) if p.allowed_token_ids
+            },
+            bad_words={
+                i: p.bad_words_token_ids for i, p in enumerate(params) if p.bad_words_token_ids
+            },
         )

@@ -115,6 +115,10 @@ class InputBatch:
         self.generators: dict[str, torch.Generator] = {}
         self.num_logprobs: dict[str, int] = {}
         self.min_tokens: dict[str, tuple[int, set[int]]] = {}
+        # Logits controls, by request (most requests have none).
+        self.logit_bias: dict[str, dict[int, float]] = {}
+        self.allowed_token_ids: dict[str, list[int]] = {}
+        self.bad_words: dict[str, list[list[int]]] = {}
         self._sampling_metadata: SamplingMetadata | None = None  # valid until the rows change
 
     @property
@@ -177,6 +181,12 @@ class InputBatch:
         if p.min_tokens:
             # all_stop_token_ids holds stop_token_ids plus EOS (added by the engine).
             self.min_tokens[req_id] = (p.min_tokens, set(p.all_stop_token_ids))
+        if p.logit_bias:
+            self.logit_bias[req_id] = p.logit_bias
+        if p.allowed_token_ids:
+            self.allowed_token_ids[req_id] = p.allowed_token_ids
+        if p.bad_words_token_ids:
+            self.bad_words[req_id] = p.bad_words_token_ids
 
     def remove_request(self, req_id: str) -> int | None:
         """Free the request's row (a hole until the next add or condense); None if absent."""
@@ -194,7 +204,14 @@ class InputBatch:
             self.penalty_reqs,
         ):
             reqs.discard(req_id)
-        for per_req in (self.generators, self.num_logprobs, self.min_tokens):
+        for per_req in (
+            self.generators,
+            self.num_logprobs,
+            self.min_tokens,
+            self.logit_bias,
+            self.allowed_token_ids,
+            self.bad_words,
+        ):
             per_req.pop(req_id, None)
         self._sampling_metadata = None
         return row
@@ -282,6 +299,13 @@ class InputBatch:
             frequency_penalties=None if no_penalties else pick(self.frequency_penalties),
             repetition_penalties=None if no_penalties else pick(self.repetition_penalties),
             min_tokens={},
+            logit_bias={j: self.logit_bias[r] for j, r in enumerate(ids) if r in self.logit_bias},
+            allowed_token_ids={
+                j: self.allowed_token_ids[r]
+                for j, r in enumerate(ids)
+                if r in self.allowed_token_ids
+            },
+            bad_words={j: self.bad_words[r] for j, r in enumerate(ids) if r in self.bad_words},
         )
 
     def _prompt_token_ids(self, index: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,10 @@ class SamplingRequest(OpenAIBaseModel):
     stop_token_ids: list[Int64] | None = Field(None, max_length=MAX_STOP)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # OpenAI's logit_bias (token id as a string key -> bias in [-100, 100]) and vLLM's extras.
+    logit_bias: dict[str, float] | None = None
+    allowed_token_ids: list[Int64] | None = None
+    bad_words: list[str] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -103,7 +107,8 @@ class SamplingRequest(OpenAIBaseModel):
 _SAMPLING_FIELDS = (
     "n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens",
-    "skip_special_tokens", "include_stop_str_in_output",
+    "skip_special_tokens", "include_stop_str_in_output", "logit_bias", "allowed_token_ids",
+    "bad_words",
 )  # fmt: skip
 
 

@@ -57,9 +57,13 @@ def expand_metadata(md: SamplingMetadata, drafts: list[list[int]]) -> SamplingMe
         return None if t is None else t.index_select(0, index)
 
     outputs, min_tokens, row = [], {}, 0
+    per_row: dict[str, dict] = {"logit_bias": {}, "allowed_token_ids": {}, "bad_words": {}}
     for i, d in enumerate(drafts):
         for j in range(len(d) + 1):
             outputs.append(md.output_token_ids[i] + d[:j])
+            for name, expanded in per_row.items():
+                if i in getattr(md, name):
+                    expanded[row] = getattr(md, name)[i]
             if i in md.min_tokens:
                 count, stop_ids = md.min_tokens[i]
                 if len(md.output_token_ids[i]) + j < count:
@@ -79,6 +83,7 @@ def expand_metadata(md: SamplingMetadata, drafts: list[list[int]]) -> SamplingMe
         frequency_penalties=pick(md.frequency_penalties),
         repetition_penalties=pick(md.repetition_penalties),
         min_tokens=min_tokens,
+        **per_row,
     )
 
 

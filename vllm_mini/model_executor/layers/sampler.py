@@ -89,11 +89,24 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, md: SamplingMetadata) -> torch
 
 
 def apply_min_tokens_and_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-    """Steps 2 and 3 above: what the request's history does to its logits (in place for the
-    min_tokens mask). The rejection sampler (stage 11) applies the same per draft position."""
+    """Steps 2 and 3 above: what the request's controls and history do to its logits (masks in
+    place). vLLM's order: allowed_token_ids, bad_words, min_tokens, logit_bias, then penalties.
+    The rejection sampler (stage 11) applies the same per draft position."""
+    for row, allowed in md.allowed_token_ids.items():
+        keep = logits[row, allowed].clone()
+        logits[row] = float("-inf")
+        logits[row, allowed] = keep
+    for row, sequences in md.bad_words.items():
+        output = md.output_token_ids[row]
+        for seq in sequences:
+            # Ban the last token of a sequence whose other tokens end the output so far.
+            if len(seq) == 1 or output[len(output) - len(seq) + 1 :] == seq[:-1]:
+                logits[row, seq[-1]] = float("-inf")
     for row, (_, stop_ids) in md.min_tokens.items():
         if stop_ids:
             logits[row, list(stop_ids)] = float("-inf")
+    for row, bias in md.logit_bias.items():
+        logits[row, list(bias)] += torch.tensor(list(bias.values()), device=logits.device)
     if not md.no_penalties:
         logits = apply_penalties(logits, md)
     return logits
