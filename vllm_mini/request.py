@@ -61,6 +61,7 @@ class Request:
         priority: int = 0,
         block_hasher: Callable[[Request], list[Any]] | None = None,
         lora_int_id: int = 0,
+        cache_salt: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -69,6 +70,7 @@ class Request:
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         self.priority = priority
         self.lora_int_id = lora_int_id
+        self.cache_salt = cache_salt
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
 
@@ -105,6 +107,7 @@ class Request:
             priority=request.priority,
             block_hasher=block_hasher,
             lora_int_id=request.lora_request.lora_int_id if request.lora_request else 0,
+            cache_salt=request.cache_salt,
         )
 
     @property

@@ -50,6 +50,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     # Logits controls (OpenAI's logit_bias; vLLM's allowed_token_ids and bad_words).
+    # Keep only the last k prompt tokens (-1: the last max_model_len), vLLM's field.
+    truncate_prompt_tokens: int | None = None
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
@@ -125,6 +127,13 @@ class SamplingParams:
         for t in self.stop_token_ids:
             if not isinstance(t, int) or isinstance(t, bool) or t < 0:
                 raise ValueError(f"stop_token_ids must be non-negative ints, got {t!r}.")
+        if self.truncate_prompt_tokens is not None:
+            _check_number("truncate_prompt_tokens", self.truncate_prompt_tokens, int)
+            if self.truncate_prompt_tokens < 1 and self.truncate_prompt_tokens != -1:
+                raise ValueError(
+                    "truncate_prompt_tokens must be >= 1 or -1 (the model's context length), "
+                    f"got {self.truncate_prompt_tokens}."
+                )
         if self.logit_bias is not None:
             if not isinstance(self.logit_bias, dict):
                 raise ValueError(

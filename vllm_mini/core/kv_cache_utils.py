@@ -51,7 +51,11 @@ def get_request_block_hasher(block_size: int) -> Callable[[Request], list[BlockH
         new_hashes = []
         tokens = request.all_token_ids
         for i in range(start, num_full):
-            parent = hash_block_tokens(parent, tokens[i * block_size : (i + 1) * block_size], extra)
+            keys = extra
+            if i == 0 and request.cache_salt is not None:
+                # Salting the first block is enough: every later hash chains from it.
+                keys = (*(extra or ()), request.cache_salt)
+            parent = hash_block_tokens(parent, tokens[i * block_size : (i + 1) * block_size], keys)
             new_hashes.append(parent)
         return new_hashes
 

@@ -30,3 +30,6 @@ class EngineCoreRequest:
     arrival_time: float
     priority: int = 0
     lora_request: LoRARequest | None = None
+    # Joins the first block's prefix-cache hash: only requests with the same salt share blocks
+    # (vLLM's cache_salt, against timing attacks that probe what others have cached).
+    cache_salt: str | None = None

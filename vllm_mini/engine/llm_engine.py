@@ -111,6 +111,7 @@ class LLMEngine:
                 arrival_time=request.arrival_time,
                 priority=request.priority,
                 lora_request=request.lora_request,
+                cache_salt=request.cache_salt,
             )
             self.output_processor.add_request(parent, child.request_id, index, child_params)
             children.append(child)

@@ -139,6 +139,14 @@ class Processor:
             raise ValueError(f"priority must be an int, got {priority!r}")
         self.check_lora(lora_request)
         prompt_text, prompt_ids = self.tokenize_prompt(prompt)
+        keep = params.truncate_prompt_tokens
+        if keep is not None:  # the prompt's *end* is what the next token depends on most
+            keep = self.model_config.max_model_len if keep == -1 else keep
+            if len(prompt_ids) > keep:
+                prompt_ids, prompt_text = prompt_ids[-keep:], None
+        cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+        if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
+            raise ValueError(f"cache_salt must be a non-empty string, got {cache_salt!r}")
         params = self.validate(prompt_ids, params)
         request = EngineCoreRequest(
             request_id=request_id,
@@ -148,6 +156,7 @@ class Processor:
             arrival_time=arrival_time if arrival_time is not None else time.monotonic(),
             priority=priority,
             lora_request=lora_request,
+            cache_salt=cache_salt,
         )
         return prompt_text, request
 

@@ -1,0 +1,42 @@
+"""truncate_prompt_tokens and cache_salt: two of vLLM's per-request prompt options."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_mini import LLM, SamplingParams
+
+PROMPT = list(range(10, 60))  # 50 tokens: three full 16-token blocks
+
+
+def test_truncate_prompt_tokens_keeps_the_end(tiny_llama_dir):
+    llm = LLM(str(tiny_llama_dir))
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    cut = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, truncate_prompt_tokens=10)
+    whole, truncated, tail = llm.generate(
+        [{"prompt_token_ids": PROMPT}] * 2 + [{"prompt_token_ids": PROMPT[-10:]}],
+        [greedy, cut, greedy],
+        use_tqdm=False,
+    )
+    assert truncated.prompt_token_ids == PROMPT[-10:]
+    assert truncated.outputs[0].token_ids == tail.outputs[0].token_ids
+    assert truncated.outputs[0].token_ids != whole.outputs[0].token_ids
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="truncate_prompt_tokens must be >= 1 or -1"):
+            SamplingParams(truncate_prompt_tokens=bad)
+
+
+def test_cache_salt_separates_prefix_cache_hits(tiny_llama_dir):
+    llm = LLM(str(tiny_llama_dir), enable_prefix_caching=True)
+    stats = llm.llm_engine.engine_core.scheduler.kv_cache_manager.prefix_cache_stats
+    params = SamplingParams(max_tokens=2)
+    hits = []
+    for salt in ("alice", "bob", None, "alice"):
+        prompt = {"prompt_token_ids": PROMPT} | ({"cache_salt": salt} if salt else {})
+        before = stats.hits
+        llm.generate([prompt], params, use_tqdm=False)
+        hits.append(stats.hits - before)
+    # Only the second "alice" request finds the first one's three blocks.
+    assert hits == [0, 0, 0, 48]
+    with pytest.raises(ValueError, match="cache_salt must be a non-empty string"):
+        llm.generate([{"prompt_token_ids": PROMPT, "cache_salt": ""}], params, use_tqdm=False)
