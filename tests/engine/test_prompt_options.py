@@ -40,3 +40,22 @@ def test_cache_salt_separates_prefix_cache_hits(tiny_llama_dir):
     assert hits == [0, 0, 0, 48]
     with pytest.raises(ValueError, match="cache_salt must be a non-empty string"):
         llm.generate([{"prompt_token_ids": PROMPT, "cache_salt": ""}], params, use_tqdm=False)
+
+
+def test_server_cache_salt_reaches_the_prefix_cache(tiny_llama_dir):
+    from tests.entrypoints.server_utils import serve, tiny_engine
+
+    engine = tiny_engine(tiny_llama_dir)
+    prompt = " ".join(f"w{t}" for t in PROMPT)
+    with serve(engine) as server:
+        model = server.client().models.list().data[0].id
+        hits = []
+        for salt in ("alice", "bob", "alice"):
+            before = engine.get_stats()["prefix_cache_hits"]
+            server.client().completions.create(
+                model=model, prompt=prompt, max_tokens=2, extra_body={"cache_salt": salt}
+            )
+            hits.append(engine.get_stats()["prefix_cache_hits"] - before)
+        bad = server.post("/v1/completions", json={"prompt": "w5", "cache_salt": ""})
+    assert hits[0] == hits[1] == 0 and hits[2] > 0
+    assert bad.status_code == 400 and "cache_salt" in bad.text

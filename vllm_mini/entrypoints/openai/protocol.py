@@ -83,6 +83,8 @@ class SamplingRequest(OpenAIBaseModel):
     logit_bias: dict[str, float] | None = None
     allowed_token_ids: list[Int64] | None = None
     bad_words: list[str] | None = None
+    # vLLM's: only requests with the same salt share prefix-cache blocks.
+    cache_salt: str | None = None
 
     @field_validator("stop")
     @classmethod

@@ -55,6 +55,8 @@ class OpenAIServingChat(OpenAIServing):
         try:
             params = request.to_sampling_params()
             prompt = self.render_chat(request.messages, request.add_generation_prompt)
+            if request.cache_salt is not None:
+                prompt = {**prompt, "cache_salt": request.cache_salt}
             self.validate_prompt(prompt, params, input_name="messages")
             request_id = self.request_id()
             queues = await self.add_requests([prompt], [params], request_id, lora_request)

@@ -61,6 +61,8 @@ class OpenAIServingCompletion(OpenAIServing):
         try:
             base_params = request.to_sampling_params()
             prompts = [self.tokenize_prompt(p) for p in split_prompts(request.prompt)]
+            if request.cache_salt is not None:
+                prompts = [{**p, "cache_salt": request.cache_salt} for p in prompts]
             for p in prompts:
                 self.validate_prompt(p, base_params)
             params = [base_params] * len(prompts)
