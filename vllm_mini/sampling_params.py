@@ -15,6 +15,14 @@ MAX_LOGPROBS = 20
 MAX_N = 128
 
 
+class RequestOutputKind(enum.IntEnum):
+    """What each RequestOutput of a request carries (vLLM's enum of the same name)."""
+
+    CUMULATIVE = 0  # everything generated so far, every time
+    DELTA = 1  # only what is new since the last output (streaming clients)
+    FINAL_ONLY = 2  # one output, when the request finishes (offline LLM.generate)
+
+
 class SamplingType(enum.IntEnum):
     GREEDY = 0
     RANDOM = 1
@@ -50,6 +58,7 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     # Logits controls (OpenAI's logit_bias; vLLM's allowed_token_ids and bad_words).
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     # Keep only the last k prompt tokens (-1: the last max_model_len), vLLM's field.
     truncate_prompt_tokens: int | None = None
     logit_bias: dict[int, float] | None = None
@@ -127,6 +136,15 @@ class SamplingParams:
         for t in self.stop_token_ids:
             if not isinstance(t, int) or isinstance(t, bool) or t < 0:
                 raise ValueError(f"stop_token_ids must be non-negative ints, got {t!r}.")
+        if (
+            isinstance(self.output_kind, str)
+            and self.output_kind.upper() in RequestOutputKind.__members__
+        ):
+            self.output_kind = RequestOutputKind[self.output_kind.upper()]
+        if self.output_kind not in list(RequestOutputKind):
+            names = [k.name.lower() for k in RequestOutputKind]
+            raise ValueError(f"output_kind must be one of {names}, got {self.output_kind!r}.")
+        self.output_kind = RequestOutputKind(self.output_kind)
         if self.truncate_prompt_tokens is not None:
             _check_number("truncate_prompt_tokens", self.truncate_prompt_tokens, int)
             if self.truncate_prompt_tokens < 1 and self.truncate_prompt_tokens != -1:

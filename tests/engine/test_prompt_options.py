@@ -59,3 +59,38 @@ def test_server_cache_salt_reaches_the_prefix_cache(tiny_llama_dir):
         bad = server.post("/v1/completions", json={"prompt": "w5", "cache_salt": ""})
     assert hits[0] == hits[1] == 0 and hits[2] > 0
     assert bad.status_code == 400 and "cache_salt" in bad.text
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_output_kind_delta_and_final_only(tiny_llama_dir, n):
+    from vllm_mini.engine.arg_utils import EngineArgs
+    from vllm_mini.engine.llm_engine import LLMEngine
+
+    engine = LLMEngine.from_engine_args(EngineArgs(model=str(tiny_llama_dir)))
+    reference = LLM(str(tiny_llama_dir)).generate(
+        [{"prompt_token_ids": PROMPT}],
+        SamplingParams(temperature=0.0, max_tokens=12, n=n, stop=[" w200"]),
+        use_tqdm=False,
+    )[0]
+
+    def run(kind: str) -> list:
+        params = SamplingParams(
+            temperature=0.0, max_tokens=12, n=n, stop=[" w200"], output_kind=kind
+        )
+        engine.add_request(kind, {"prompt_token_ids": PROMPT}, params)
+        outs = []
+        while engine.has_unfinished_requests():
+            outs += [o for o in engine.step() if o.request_id == kind]
+        return outs
+
+    deltas = run("delta")
+    for index in range(n):
+        pieces = [c for o in deltas for c in o.outputs if c.index == index]
+        assert "".join(c.text for c in pieces) == reference.outputs[index].text
+        assert [t for c in pieces for t in c.token_ids] == reference.outputs[index].token_ids
+    assert len(deltas) > 1 and deltas[-1].finished
+    final = run("final_only")
+    assert len(final) == 1 and final[0].finished
+    assert [c.text for c in final[0].outputs] == [c.text for c in reference.outputs]
+    with pytest.raises(ValueError, match="output_kind must be one of"):
+        SamplingParams(output_kind="sometimes")

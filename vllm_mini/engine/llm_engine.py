@@ -90,6 +90,7 @@ class LLMEngine:
             request.prompt_token_ids,
             params.n,
             RequestMetrics(request.arrival_time),
+            output_kind=params.output_kind,
         )
         self.stats.num_prompt_tokens += len(request.prompt_token_ids)
         if params.n == 1:

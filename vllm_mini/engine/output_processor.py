@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from vllm_mini.core.sched.output import EngineCoreOutput
 from vllm_mini.engine.detokenizer import IncrementalDetokenizer
 from vllm_mini.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.sampling_params import RequestOutputKind, SamplingParams
 
 
 @dataclass
@@ -29,10 +29,16 @@ class ParentRequest:
     metrics: RequestMetrics
     children: dict[str, CompletionOutput] = field(default_factory=dict)
     num_cached_tokens: int = 0
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    # DELTA outputs carry only the children that produced something this step.
+    changed: set[str] = field(default_factory=set)
 
-    def to_output(self) -> RequestOutput:
-        outs = sorted(self.children.values(), key=lambda c: c.index)
-        finished = len(outs) == self.n and all(c.finished() for c in outs)
+    def to_output(self, delta: bool = False) -> RequestOutput:
+        every = sorted(self.children.values(), key=lambda c: c.index)
+        finished = len(every) == self.n and all(c.finished() for c in every)
+        outs = [self.children[c] for c in sorted(self.changed)] if delta else every
+        outs.sort(key=lambda c: c.index)
+        self.changed = set()
         return RequestOutput(
             self.request_id,
             self.prompt,
@@ -53,6 +59,9 @@ class RequestState:
     detokenizer: IncrementalDetokenizer
     logprobs: list[dict[int, Logprob]] | None
     cumulative_logprob: float | None
+    # What DELTA outputs have already sent.
+    sent_tokens: int = 0
+    sent_chars: int = 0
 
 
 class OutputProcessor:
@@ -133,26 +142,39 @@ class OutputProcessor:
                 finish_reason, stop_reason = "stop", stop_str
             self._update_logprobs(state, out)
             det = state.detokenizer
+            text, token_ids, logprobs = det.output_text, list(det.token_ids), state.logprobs
+            if state.params.output_kind == RequestOutputKind.DELTA:
+                end = len(text)
+                if finish_reason is None and det.max_stop_len > 1:
+                    # Hold back what could still turn out to start a stop string (it would be
+                    # cut from the text, and a sent delta cannot be taken back).
+                    end = max(state.sent_chars, end - det.max_stop_len + 1)
+                text, token_ids = text[state.sent_chars : end], token_ids[state.sent_tokens :]
+                logprobs = None if logprobs is None else logprobs[state.sent_tokens :]
+                state.sent_chars, state.sent_tokens = end, len(det.token_ids)
             parent.children[state.child_id] = CompletionOutput(
                 index=state.index,
-                text=det.output_text,
-                token_ids=list(det.token_ids),
+                text=text,
+                token_ids=token_ids,
                 cumulative_logprob=state.cumulative_logprob,
-                logprobs=state.logprobs,
+                logprobs=logprobs,
                 finish_reason=finish_reason,
                 stop_reason=stop_reason,
             )
+            parent.changed.add(state.child_id)
             if finish_reason is not None:
                 del self.request_states[state.child_id]
             touched[parent.request_id] = parent
 
         results = []
         for parent in touched.values():
-            request_output = parent.to_output()
+            kind = parent.output_kind
+            request_output = parent.to_output(delta=kind == RequestOutputKind.DELTA)
             if request_output.finished:
                 parent.metrics.finished_time = now
                 self.parents.pop(parent.request_id, None)
-            results.append(request_output)
+            if kind != RequestOutputKind.FINAL_ONLY or request_output.finished:
+                results.append(request_output)
         return results, reqs_to_abort
 
     def _update_logprobs(self, state: RequestState, out: EngineCoreOutput) -> None:

@@ -20,7 +20,7 @@ from vllm_mini.engine.processor import PromptType
 from vllm_mini.entrypoints.chat_utils import render_chat
 from vllm_mini.lora.request import LoRARequest
 from vllm_mini.outputs import RequestOutput
-from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.sampling_params import RequestOutputKind, SamplingParams
 
 # {"role": ..., "content": str or a list of text parts}, as the OpenAI API spells a message.
 ChatMessage = dict[str, Any]
@@ -73,6 +73,9 @@ class LLM:
                 f"({len(prompts)}), got {len(loras)}"
             )
         request_ids = []
+        # Offline, only the finished output is kept: the engine need not build the others
+        # (vLLM's LLM does the same).
+        params_list = [_final_only(p) for p in params_list]
         try:
             for i, (prompt, params) in enumerate(zip(prompts, params_list)):
                 request_id = str(self._request_counter)
@@ -123,3 +126,11 @@ class LLM:
                     bar.update(1)
         bar.close()
         return [finished[r] for r in request_ids]
+
+
+def _final_only(params: SamplingParams) -> SamplingParams:
+    if not isinstance(params, SamplingParams) or params.output_kind == RequestOutputKind.FINAL_ONLY:
+        return params
+    params = params.clone()
+    params.output_kind = RequestOutputKind.FINAL_ONLY
+    return params
