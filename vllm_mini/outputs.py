@@ -59,4 +59,6 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
-    prompt_logprobs: None = field(default=None, repr=False)
+    # With SamplingParams.prompt_logprobs: per prompt token its Logprob dict (the token itself,
+    # then the top-k), None for the first token, which nothing predicts (vLLM's format).
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = field(default=None, repr=False)

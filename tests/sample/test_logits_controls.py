@@ -112,3 +112,29 @@ def test_server_passes_logit_bias_and_vllm_extras(tiny_llama_dir, setup):
     assert all(60 <= int(w[1:]) < 90 for w in text)
     assert bad.status_code == 400 and "logit_bias" in bad.text
     assert expected  # the offline run under the same controls produced tokens too
+
+
+@pytest.mark.parametrize(
+    "engine_kwargs", [{}, {"max_num_batched_tokens": 8, "enable_prefix_caching": True}]
+)
+def test_prompt_logprobs_match_hf_log_softmax(tiny_llama_dir, engine_kwargs):
+    """Every prompt token's logprob, rank and top-3 equal HF's log-softmax over the prompt, also
+    when the prompt is prefilled in chunks and when a cached prefix exists (it is recomputed)."""
+    from transformers import AutoModelForCausalLM
+
+    prompt = list(range(20, 50))
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.inference_mode():
+        ref = hf(torch.tensor([prompt])).logits[0].float().log_softmax(-1)  # [30, vocab]
+    llm = LLM(str(tiny_llama_dir), **engine_kwargs)
+    params = SamplingParams(max_tokens=2, prompt_logprobs=3)
+    for _ in range(2):  # the second time its blocks are cached
+        out = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0]
+        assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+        for p, entry in enumerate(out.prompt_logprobs[1:]):
+            token = prompt[p + 1]
+            assert entry[token].logprob == pytest.approx(float(ref[p, token]), abs=1e-4)
+            assert entry[token].rank == int((ref[p] > ref[p, token]).sum()) + 1
+            assert set(ref[p].topk(3).indices.tolist()) <= set(entry)  # the top-3 too
+    with pytest.raises(ValueError, match=r"prompt_logprobs must be in \[0, 20\]"):
+        SamplingParams(prompt_logprobs=50)

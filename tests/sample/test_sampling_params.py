@@ -27,7 +27,7 @@ from vllm_mini.sampling_params import SamplingParams, SamplingType
         ({"stop": [""]}, "stop"),
         ({"stop_token_ids": [-3]}, "stop_token_ids"),
         ({"seed": 1.5}, "seed"),
-        ({"prompt_logprobs": 1}, "prompt_logprobs"),
+        ({"prompt_logprobs": -1}, "prompt_logprobs"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, field):

@@ -30,6 +30,7 @@ class ParentRequest:
     children: dict[str, CompletionOutput] = field(default_factory=dict)
     num_cached_tokens: int = 0
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    prompt_logprobs: list | None = None
     # DELTA outputs carry only the children that produced something this step.
     changed: set[str] = field(default_factory=set)
 
@@ -47,6 +48,7 @@ class ParentRequest:
             finished,
             self.metrics,
             self.num_cached_tokens,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
 
@@ -141,6 +143,8 @@ class OutputProcessor:
                     reqs_to_abort.append(out.request_id)
                 finish_reason, stop_reason = "stop", stop_str
             self._update_logprobs(state, out)
+            if out.prompt_logprobs is not None and parent.prompt_logprobs is None:
+                parent.prompt_logprobs = self._prompt_logprobs(out.prompt_logprobs, state)
             det = state.detokenizer
             text, token_ids, logprobs = det.output_text, list(det.token_ids), state.logprobs
             if state.params.output_kind == RequestOutputKind.DELTA:
@@ -176,6 +180,20 @@ class OutputProcessor:
             if kind != RequestOutputKind.FINAL_ONLY or request_output.finished:
                 results.append(request_output)
         return results, reqs_to_abort
+
+    def _prompt_logprobs(self, lp, state: RequestState) -> list:
+        """vLLM's format: None for the first prompt token, then {token id: Logprob} per token."""
+        width = state.params.prompt_logprobs + 1
+        entries: list = [None]
+        for ids, values, rank in zip(lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks):
+            entry = {}
+            for col, (tok, value) in enumerate(zip(ids[:width], values[:width])):
+                if tok not in entry:
+                    entry[tok] = Logprob(
+                        value, rank if col == 0 else col, self.tokenizer.decode([tok])
+                    )
+            entries.append(entry)
+        return entries
 
     def _update_logprobs(self, state: RequestState, out: EngineCoreOutput) -> None:
         if state.logprobs is None or out.new_logprobs is None:

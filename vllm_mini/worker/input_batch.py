@@ -35,6 +35,9 @@ class CachedRequestState:
     output_token_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     lora_int_id: int = 0  # its LoRA adapter (stage 9), 0: the base model
+    # prompt_logprobs gathered chunk by chunk: (ids, logprobs, ranks) rows, None when not wanted
+    # (or already sent).
+    prompt_logprobs: tuple[list, list, list] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -174,6 +174,11 @@ class ModelRunner:
                 output_token_ids=list(new.output_token_ids),
                 generator=generator,
                 lora_int_id=new.lora_int_id,
+                # Only before the first output token: a request resumed after preemption has
+                # sent its prompt logprobs already.
+                prompt_logprobs=([], [], [])
+                if params.prompt_logprobs is not None and not new.output_token_ids
+                else None,
             )
             self.requests[new.req_id] = state
             batch.add_request(state)
@@ -257,6 +262,7 @@ class ModelRunner:
                 batch.lora_ids_np[: len(req_ids)], meta.query_start_loc_cpu, meta.max_query_len
             )
         hidden_states = self._run_model(input_ids, positions, meta)
+        self._gather_prompt_logprobs(hidden_states, meta, req_ids)
 
         # Only requests whose scheduled tokens reach their last known token sample; a partial
         # prefill chunk just fills the KV cache.
@@ -286,7 +292,43 @@ class ModelRunner:
             sampled_token_ids=sampled,
             logprobs=logprobs,
             spec_token_ids=self._propose_drafts(rows, n) if self.drafter else None,
+            prompt_logprobs=self._finished_prompt_logprobs(req_ids, rows),
         )
+
+    # ---------------------------------------------------------------- prompt logprobs
+    def _gather_prompt_logprobs(
+        self, hidden_states: torch.Tensor, meta: AttentionMetadata, req_ids: list[str]
+    ) -> None:
+        """For requests that asked: the logprob of every prompt token this step's positions
+        predict (position p's logits score token p + 1), with its rank and the top-k."""
+        for i, req_id in enumerate(req_ids):
+            state = self.requests[req_id]
+            if state.prompt_logprobs is None:
+                continue
+            lo, hi = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
+            start = meta.seq_lens_cpu[i] - (hi - lo)  # the position of row lo
+            end = min(start + hi - lo, len(state.prompt_token_ids) - 1)
+            if end <= start:
+                continue
+            logits = self.model.compute_logits(hidden_states[lo : lo + end - start])
+            logprobs = logits.float().log_softmax(dim=-1)
+            targets = torch.tensor(state.prompt_token_ids[start + 1 : end + 1], device=self.device)
+            k = state.sampling_params.prompt_logprobs
+            ids, lps, ranks = Sampler._gather_logprobs(logprobs, targets, k).tolists()
+            for acc, rows in zip(state.prompt_logprobs, (ids, lps, ranks)):
+                acc.extend(rows)
+
+    def _finished_prompt_logprobs(
+        self, req_ids: list[str], rows: list[int]
+    ) -> dict[str, LogprobsLists] | None:
+        """Sent with a request's first sampled token, once its whole prompt has been scored."""
+        out = {}
+        for i in rows:
+            state = self.requests[req_ids[i]]
+            if state.prompt_logprobs is not None:
+                out[state.req_id] = LogprobsLists(*state.prompt_logprobs)
+                state.prompt_logprobs = None
+        return out or None
 
     # ------------------------------------------------------------ speculative decoding
     def _verify_drafts(

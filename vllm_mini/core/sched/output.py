@@ -79,6 +79,8 @@ class ModelRunnerOutput:
     logprobs: LogprobsLists | None = None
     # Per request: draft tokens proposed for its next step (stage 11); None without a proposer.
     spec_token_ids: list[list[int]] | None = None
+    # req_id -> logprobs of its prompt tokens 1.. (sent with its first sampled token).
+    prompt_logprobs: dict[str, LogprobsLists] | None = None
 
 
 @dataclass
@@ -91,6 +93,7 @@ class EngineCoreOutput:
     stop_reason: int | str | None = None
     new_logprobs: LogprobsLists | None = None
     num_cached_tokens: int = 0
+    prompt_logprobs: LogprobsLists | None = None
 
     @property
     def finished(self) -> bool:

@@ -195,6 +195,9 @@ class Scheduler:
                 skipped.append(self.waiting.pop_request())
                 continue
             computed_blocks, num_computed = self.kv_cache_manager.get_computed_blocks(request)
+            if request.sampling_params.prompt_logprobs is not None:
+                # Cached blocks have no logits to give: compute the whole prompt (as vLLM does).
+                computed_blocks, num_computed = KVCacheBlocks(), 0
             num_new = request.num_tokens - num_computed
             if num_new > token_budget and not self.enable_chunked_prefill:
                 break
@@ -320,6 +323,7 @@ class Scheduler:
                     stop_reason=request.stop_reason,
                     new_logprobs=_rows(runner_output.logprobs, index, len(new_token_ids)),
                     num_cached_tokens=request.num_cached_tokens,
+                    prompt_logprobs=(runner_output.prompt_logprobs or {}).get(req_id),
                 )
             )
             if stopped:
