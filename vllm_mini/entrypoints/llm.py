@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.llm_engine import LLMEngine
 from vllm_mini.engine.processor import PromptType
+from vllm_mini.entrypoints.beam_search import BeamSearchOutput, BeamSearchParams
 from vllm_mini.entrypoints.chat_utils import render_chat
 from vllm_mini.lora.request import LoRARequest
 from vllm_mini.outputs import RequestOutput
@@ -115,6 +116,16 @@ class LLM:
             for conversation in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+
+    def beam_search(
+        self, prompts: list[PromptType], params: BeamSearchParams
+    ) -> list[BeamSearchOutput]:
+        """vLLM's `LLM.beam_search`: the best `beam_width` sequences per prompt, best first."""
+        from vllm_mini.entrypoints.beam_search import beam_search
+
+        processor = self.llm_engine.processor
+        token_prompts = [processor.tokenize_prompt(p)[1] for p in prompts]
+        return beam_search(self, token_prompts, params)
 
     def _run_engine(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
