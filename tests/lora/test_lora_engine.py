@@ -234,3 +234,19 @@ def test_smollm2_with_a_peft_adapter_equals_peft(tmp_path):
     )
     assert tuned.outputs[0].token_ids == ref
     assert plain.outputs[0].token_ids != ref
+
+
+def test_lora_with_ngram_speculation_equals_peft(adapters):
+    """Drafts verified under each request's adapter: speculation changes no token."""
+    llm = LLM(
+        str(adapters["base"]),
+        enable_lora=True,
+        max_loras=4,
+        max_lora_rank=16,
+        speculative_config={"method": "ngram", "num_speculative_tokens": 3,
+                            "prompt_lookup_min": 1, "prompt_lookup_max": 2},
+    )  # fmt: skip
+    outs = _generate(llm, adapters, MIXED)
+    for (p, name), out in zip(MIXED, outs):
+        assert out == adapters["refs"][name][p], f"prompt {p} with adapter {name}"
+    assert llm.llm_engine.engine_core.scheduler.spec_decoding_stats.num_draft_tokens > 0
