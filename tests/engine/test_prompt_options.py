@@ -94,3 +94,30 @@ def test_output_kind_delta_and_final_only(tiny_llama_dir, n):
     assert [c.text for c in final[0].outputs] == [c.text for c in reference.outputs]
     with pytest.raises(ValueError, match="output_kind must be one of"):
         SamplingParams(output_kind="sometimes")
+
+
+def test_server_truncate_prompt_tokens(tiny_llama_dir):
+    from tests.entrypoints.server_utils import serve, tiny_engine
+
+    words = [f"w{t}" for t in PROMPT]
+    offline = LLM(str(tiny_llama_dir)).generate(
+        [{"prompt_token_ids": PROMPT[-6:]}],
+        SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True),
+        use_tqdm=False,
+    )[0]
+    with serve(tiny_engine(tiny_llama_dir)) as server:
+        client = server.client()
+        model = client.models.list().data[0].id
+        for stream in (False, True):
+            kwargs = dict(model=model, prompt=" ".join(words), max_tokens=5, temperature=0.0)
+            extra = {"ignore_eos": True, "truncate_prompt_tokens": 6}
+            if stream:
+                chunks = list(client.completions.create(**kwargs, stream=True,
+                              stream_options={"include_usage": True}, extra_body=extra))  # fmt: skip
+                text = "".join(c.choices[0].text for c in chunks if c.choices)
+                usage = chunks[-1].usage
+            else:
+                out = client.completions.create(**kwargs, extra_body=extra)
+                text, usage = out.choices[0].text, out.usage
+            assert text == offline.outputs[0].text
+            assert usage.prompt_tokens == 6

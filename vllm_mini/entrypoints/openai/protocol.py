@@ -85,6 +85,8 @@ class SamplingRequest(OpenAIBaseModel):
     bad_words: list[str] | None = None
     # vLLM's: only requests with the same salt share prefix-cache blocks.
     cache_salt: str | None = None
+    # vLLM's: keep only the prompt's last k tokens (-1: the model's context length).
+    truncate_prompt_tokens: Int64 | None = None
 
     @field_validator("stop")
     @classmethod
@@ -110,7 +112,7 @@ _SAMPLING_FIELDS = (
     "n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens",
     "skip_special_tokens", "include_stop_str_in_output", "logit_bias", "allowed_token_ids",
-    "bad_words",
+    "bad_words", "truncate_prompt_tokens",
 )  # fmt: skip
 
 

@@ -125,7 +125,11 @@ class OpenAIServingCompletion(OpenAIServing):
         deltas = StreamDeltas(len(prompts) * n, params)
         chunk_base = CompletionStreamResponse(id=request_id, model=model, choices=[])
         options = request.stream_options
-        prompt_tokens = [len(p["prompt_token_ids"]) for p in prompts]
+        keep = params.truncate_prompt_tokens
+        keep = self.max_model_len if keep == -1 else keep
+        prompt_tokens = [
+            len(p["prompt_token_ids"][-keep:] if keep else p["prompt_token_ids"]) for p in prompts
+        ]
         completion_tokens = [0] * (len(prompts) * n)
         try:
             async with aclosing(results) as stream:

@@ -166,8 +166,12 @@ class OpenAIServing:
         """The OpenAI API's length policy (stricter than offline: the input must leave room to
         generate, and an explicit max_tokens must fit). Everything else is validated once, by
         the engine's Processor, when the request is added."""
+        num_prompt = len(prompt["prompt_token_ids"])
+        keep = params.truncate_prompt_tokens
+        if keep is not None:  # the engine keeps only the prompt's end: judge that length
+            num_prompt = min(num_prompt, self.max_model_len if keep == -1 else keep)
         check_context_length(
-            len(prompt["prompt_token_ids"]),
+            num_prompt,
             params.max_tokens,
             self.max_model_len,
             input_name=input_name,
