@@ -121,3 +121,26 @@ def test_server_truncate_prompt_tokens(tiny_llama_dir):
                 text, usage = out.choices[0].text, out.usage
             assert text == offline.outputs[0].text
             assert usage.prompt_tokens == 6
+
+
+def test_server_prompt_logprobs_equal_offline(tiny_llama_dir):
+    from tests.entrypoints.server_utils import serve, tiny_engine
+
+    params = SamplingParams(temperature=0.0, max_tokens=2, prompt_logprobs=2)
+    with serve(tiny_engine(tiny_llama_dir)) as server:
+        client = server.client()
+        text = " ".join(f"w{t}" for t in PROMPT[:12])
+        offline = LLM(str(tiny_llama_dir)).generate([text], params, use_tqdm=False)[0]
+        out = client.completions.create(
+            model=client.models.list().data[0].id,
+            prompt=text,
+            max_tokens=2,
+            temperature=0.0,
+            extra_body={"prompt_logprobs": 2},
+        )
+    served = out.choices[0].model_extra["prompt_logprobs"]
+    assert served[0] is None and len(served) == len(offline.prompt_logprobs)
+    for mine, theirs in zip(served[1:], offline.prompt_logprobs[1:]):
+        assert {int(t): v["logprob"] for t, v in mine.items()} == pytest.approx(
+            {t: lp.logprob for t, lp in theirs.items()}
+        )

@@ -125,6 +125,8 @@ class CompletionRequest(SamplingRequest):
     prompt: PromptInput
     max_tokens: Int64 | None = 16  # OpenAI's default for completions
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # vLLM's extra: logprobs of the prompt tokens (and the top k), in each choice.
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
 
     @field_validator("prompt", mode="before")
@@ -148,7 +150,9 @@ class CompletionRequest(SamplingRequest):
         )
 
     def to_sampling_params(self) -> SamplingParams:
-        return self._sampling_params(self.max_tokens, self.logprobs)
+        params = self._sampling_params(self.max_tokens, self.logprobs)
+        params.prompt_logprobs = self.prompt_logprobs
+        return params
 
 
 def _is_token_ids(value: Any) -> bool:
@@ -170,6 +174,9 @@ class CompletionResponseChoice(BaseModel):
     logprobs: CompletionLogProbs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None  # vLLM extra: the stop string or token that ended it
+    # vLLM extra, with `prompt_logprobs`: per prompt token {token id: {logprob, rank,
+    # decoded_token}}, None for the first token.
+    prompt_logprobs: list[dict[int, dict[str, Any]] | None] | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -105,6 +105,7 @@ class OpenAIServingCompletion(OpenAIServing):
                         logprobs=logprobs,
                         finish_reason=c.finish_reason,
                         stop_reason=c.stop_reason,
+                        prompt_logprobs=_prompt_logprobs(out),
                     )
                 )
                 usage.completion_tokens += len(c.token_ids)
@@ -203,3 +204,17 @@ class OpenAIServingCompletion(OpenAIServing):
 def _usage(prompt_tokens: list[int], completion_tokens: list[int]) -> UsageInfo:
     p, c = sum(prompt_tokens), sum(completion_tokens)
     return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+
+
+def _prompt_logprobs(out: RequestOutput) -> list | None:
+    if out.prompt_logprobs is None:
+        return None
+    return [
+        None
+        if entry is None
+        else {
+            tok: {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
+            for tok, lp in entry.items()
+        }
+        for entry in out.prompt_logprobs
+    ]
