@@ -120,7 +120,8 @@ def block_grid_html(step: StepTrace, colors: dict[str, str], block_size: int = 0
             title += f", used by {', '.join(owner_ids)}"
         extra = ""
         if block_id in rolled:
-            title += f", {rolled[block_id]} slots rolled back (rejected drafts)"
+            slots = "slot" if rolled[block_id] == 1 else "slots"
+            title += f", {rolled[block_id]} {slots} rolled back (rejected drafts)"
             extra = f' data-rolled-back="{rolled[block_id]}"'
         cells.append(
             f'<div class="kv-block kv-{escape(state)}" data-block-id="{block_id}" '
@@ -163,7 +164,9 @@ def tables_legend_html() -> str:
 
 def spec_summary(spec: int, accepted: int, rejected: int) -> str:
     """ "3 drafts verified, 1 accepted, 2 slots rolled back" (the cells' and header's title)."""
-    return f"{spec} drafts verified, {accepted} accepted, {rejected} slots rolled back"
+    drafts = "draft" if spec == 1 else "drafts"
+    slots = "slot" if rejected == 1 else "slots"
+    return f"{spec} {drafts} verified, {accepted} accepted, {rejected} {slots} rolled back"
 
 
 def rolled_back_slots(computed: int, rejected: int, logical: int, block_size: int) -> range:

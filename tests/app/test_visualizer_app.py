@@ -208,8 +208,10 @@ def test_speculative_trace_shows_rolled_back_slots_and_accepted_drafts(
             f'data-rolled-back="{r.rejected_tokens}"'
         ) in body
         assert f"+1 token +{r.accepted_tokens} drafts accepted" in body
-        summary = f"{r.spec_tokens} drafts verified, {r.accepted_tokens} accepted, "
-        assert summary + f"{r.rejected_tokens} slots rolled back" in body
+        drafts = "draft" if r.spec_tokens == 1 else "drafts"
+        slots = "slot" if r.rejected_tokens == 1 else "slots"
+        summary = f"{r.spec_tokens} {drafts} verified, {r.accepted_tokens} accepted, "
+        assert summary + f"{r.rejected_tokens} {slots} rolled back" in body
     # The app, replaying the trace at that step: overlay, legend, notes, draft column, chart.
     monkeypatch.setenv(TRACE_ENV, str(spec_trace_path))
     at = AppTest.from_file(str(APP_PATH), default_timeout=TIMEOUT).run()
