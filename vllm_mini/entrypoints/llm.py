@@ -76,7 +76,8 @@ class LLM:
         request_ids = []
         # Offline, only the finished output is kept: the engine need not build the others
         # (vLLM's LLM does the same).
-        params_list = [_final_only(p) for p in params_list]
+        final = {id(p): _final_only(p) for p in params_list}  # one copy per distinct params
+        params_list = [final[id(p)] for p in params_list]
         try:
             for i, (prompt, params) in enumerate(zip(prompts, params_list)):
                 request_id = str(self._request_counter)

@@ -125,6 +125,21 @@ class DraftModelProposer:
         probs = self.draft_probs.pop(req_id, None)
         return None if probs is None else probs[:num_drafts]
 
+    def propose_batch(self, batch, rows: list[int], rooms: list[int]) -> list[list[int]]:
+        """The proposers' common entry (the runner's InputBatch, rows that sampled, caps)."""
+        n = batch.num_reqs
+        md = batch.sampling_metadata(None if len(rows) == n else rows)
+        return self.propose(
+            list(batch.req_ids[:n]),
+            batch.token_ids_np,
+            batch.num_tokens_np[:n].tolist(),
+            batch.block_table.get_block_table(n),
+            batch.block_table.compute_slot_mapping,
+            rows,
+            rooms,
+            md,
+        )
+
     @torch.inference_mode()
     def propose(
         self,

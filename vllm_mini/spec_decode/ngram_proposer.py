@@ -44,3 +44,26 @@ class NgramProposer:
         """Drafts for one request; `max_drafts` caps them (max_tokens, max_model_len left)."""
         k = min(self.k, max_drafts, self.max_model_len - tokens.shape[0])
         return propose_ngram(tokens, self.min_n, self.max_n, k)
+
+    def propose_batch(self, batch, rows: list[int], rooms: list[int]) -> list[list[int]]:
+        """The proposers' common entry: drafts for each of `rows` of the runner's InputBatch."""
+        return [
+            self.propose(batch.token_ids_np[i, : batch.num_tokens_np[i]], room) if room > 0 else []
+            for i, room in zip(rows, rooms)
+        ]
+
+    # The rest of the proposer interface (spec_decode/draft_model.py): no model, no KV, no state.
+    def load_model(self) -> None:
+        pass
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        pass
+
+    def kv_bytes_per_block(self) -> int:
+        return 0
+
+    def remove_requests(self, req_ids: set[str]) -> None:
+        pass
+
+    def take_draft_probs(self, req_id: str, num_drafts: int) -> None:
+        return None  # n-gram drafts are certain: q is one-hot

@@ -44,14 +44,14 @@ from vllm_mini.model_executor.layers.rejection_sampler import RejectionSampler
 from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
 from vllm_mini.sampling_params import SamplingParams
-from vllm_mini.spec_decode.draft_model import DraftModelProposer
-from vllm_mini.spec_decode.ngram_proposer import NgramProposer
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
+from vllm_mini.worker.prompt_logprobs import PromptLogprobsMixin
+from vllm_mini.worker.spec_decode_runner import SpecDecodeMixin, make_drafter
 
 __all__ = ["CachedRequestState", "ModelRunner", "compute_slot_mapping"]
 
 
-class ModelRunner:
+class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
     def __init__(self, vllm_config: VllmConfig) -> None:
         self.vllm_config = vllm_config
         self.model_config = vllm_config.model_config
@@ -69,17 +69,8 @@ class ModelRunner:
         self.attn_backend = get_attn_backend(vllm_config.attention_config.backend)
         self.sampler = Sampler()
         self.rejection_sampler = RejectionSampler()
-        spec = vllm_config.speculative_config
-        self.drafter: NgramProposer | DraftModelProposer | None = None
-        if spec is not None and spec.method == "ngram":
-            self.drafter = NgramProposer(
-                spec.prompt_lookup_min,
-                spec.prompt_lookup_max,
-                spec.num_speculative_tokens,
-                self.model_config.max_model_len,
-            )
-        elif spec is not None:
-            self.drafter = DraftModelProposer(vllm_config)
+        self.drafter = make_drafter(vllm_config)  # stage 11; None without speculation
+        self.prompt_logprob_reqs: set[str] = set()  # requests still owed their prompt logprobs
         self.model: torch.nn.Module | None = None
         self.lora_manager: LoRAModelManager | None = None
         self.attn_layers: list[Attention] = []
@@ -96,7 +87,7 @@ class ModelRunner:
         self.static_forward_context = {layer.layer_name: layer for layer in self.attn_layers}
         self.model = maybe_compile(model, self.vllm_config.compilation_config)
         self.cudagraph_runner = self._make_cudagraph_runner()
-        if isinstance(self.drafter, DraftModelProposer):
+        if self.drafter is not None:
             self.drafter.load_model()
 
     def _make_cudagraph_runner(self) -> CUDAGraphRunner | None:
@@ -135,7 +126,7 @@ class ModelRunner:
             # zeros, not empty: kernels never read unwritten slots, but garbage NaNs would be hard
             # to debug if one ever did.
             layer.kv_cache = torch.zeros(shape, dtype=self.model_config.dtype, device=self.device)
-        if isinstance(self.drafter, DraftModelProposer):
+        if self.drafter is not None:
             self.drafter.initialize_kv_cache(num_blocks)  # same blocks, the draft's own layers
 
     # ---------------------------------------------------------------- persistent batch
@@ -151,7 +142,8 @@ class ModelRunner:
                 self._paused_generators[req_id] = state.generator
         for req_id in so.finished_req_ids:
             self._paused_generators.pop(req_id, None)
-        if isinstance(self.drafter, DraftModelProposer):
+        self.prompt_logprob_reqs -= gone
+        if self.drafter is not None:
             self.drafter.remove_requests(gone)
         if gone:
             for layer in self.attn_layers:  # backends that keep per-request memory free it
@@ -182,6 +174,8 @@ class ModelRunner:
             )
             self.requests[new.req_id] = state
             batch.add_request(state)
+            if state.prompt_logprobs is not None:
+                self.prompt_logprob_reqs.add(new.req_id)
         cached = so.scheduled_cached_reqs
         for req_id, block_ids, num_computed in zip(
             cached.req_ids, cached.new_block_ids, cached.num_computed_tokens
@@ -294,120 +288,6 @@ class ModelRunner:
             spec_token_ids=self._propose_drafts(rows, n) if self.drafter else None,
             prompt_logprobs=self._finished_prompt_logprobs(req_ids, rows),
         )
-
-    # ---------------------------------------------------------------- prompt logprobs
-    def _gather_prompt_logprobs(
-        self, hidden_states: torch.Tensor, meta: AttentionMetadata, req_ids: list[str]
-    ) -> None:
-        """For requests that asked: the logprob of every prompt token this step's positions
-        predict (position p's logits score token p + 1), with its rank and the top-k."""
-        for i, req_id in enumerate(req_ids):
-            state = self.requests[req_id]
-            if state.prompt_logprobs is None:
-                continue
-            lo, hi = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
-            start = meta.seq_lens_cpu[i] - (hi - lo)  # the position of row lo
-            end = min(start + hi - lo, len(state.prompt_token_ids) - 1)
-            if end <= start:
-                continue
-            logits = self.model.compute_logits(hidden_states[lo : lo + end - start])
-            logprobs = logits.float().log_softmax(dim=-1)
-            targets = torch.tensor(state.prompt_token_ids[start + 1 : end + 1], device=self.device)
-            k = state.sampling_params.prompt_logprobs
-            ids, lps, ranks = Sampler._gather_logprobs(logprobs, targets, k).tolists()
-            for acc, rows in zip(state.prompt_logprobs, (ids, lps, ranks)):
-                acc.extend(rows)
-
-    def _finished_prompt_logprobs(
-        self, req_ids: list[str], rows: list[int]
-    ) -> dict[str, LogprobsLists] | None:
-        """Sent with a request's first sampled token, once its whole prompt has been scored."""
-        out = {}
-        for i in rows:
-            state = self.requests[req_ids[i]]
-            if state.prompt_logprobs is not None:
-                out[state.req_id] = LogprobsLists(*state.prompt_logprobs)
-                state.prompt_logprobs = None
-        return out or None
-
-    # ------------------------------------------------------------ speculative decoding
-    def _verify_drafts(
-        self,
-        hidden_states: torch.Tensor,
-        meta: AttentionMetadata,
-        req_ids: list[str],
-        rows: list[int],
-        spec: dict[str, list[int]],
-    ) -> tuple[list[list[int]], LogprobsLists | None]:
-        """Logits at each sampling request's last 1 + k positions, through the rejection sampler."""
-        batch = self.input_batch
-        drafts = [spec.get(req_ids[i], []) for i in rows]
-        positions = []
-        for i, d in zip(rows, drafts):
-            end = meta.query_start_loc_cpu[i + 1]
-            positions.extend(range(end - 1 - len(d), end))
-        logits = self.model.compute_logits(
-            hidden_states[torch.tensor(positions, device=self.device)]
-        )
-        metadata = batch.sampling_metadata(None if len(rows) == len(req_ids) else rows)
-        draft_probs = None
-        if isinstance(self.drafter, DraftModelProposer):  # sampled drafts: their q matters
-            draft_probs = [
-                self.drafter.take_draft_probs(req_ids[i], len(d)) for i, d in zip(rows, drafts)
-            ]
-        out = self.rejection_sampler(logits.float(), drafts, metadata, draft_probs)
-        sampled: list[list[int]] = [[] for _ in req_ids]
-        for row, tokens in zip(rows, out.token_ids):
-            for token in tokens:
-                batch.append_token(row, token)
-            sampled[row] = tokens
-        logprobs = None
-        if out.logprobs_tensors is not None:
-            ids, lps, ranks = out.logprobs_tensors.tolists()
-            cu = [0]
-            for tokens in sampled:
-                cu.append(cu[-1] + len(tokens))
-            logprobs = LogprobsLists(ids, lps, ranks, cu_num_generated_tokens=cu)
-        return sampled, logprobs
-
-    def _propose_drafts(self, rows: list[int], num_reqs: int) -> list[list[int]]:
-        """Next step's drafts for every request that just sampled (the others get none)."""
-        batch = self.input_batch
-        drafts: list[list[int]] = [[] for _ in range(num_reqs)]
-        limit = self.vllm_config.speculative_config.disable_by_batch_size
-        if limit is not None and num_reqs >= limit:
-            return drafts
-        rooms = []
-        for i in rows:
-            params = self.requests[batch.req_ids[i]].sampling_params
-            # The step after next emits at most drafts + 1 tokens: never more than max_tokens,
-            # and the drafts' positions must stay below max_model_len.
-            rooms.append(
-                min(
-                    params.max_tokens - len(batch.output_token_ids[i]) - 1,
-                    self.model_config.max_model_len - int(batch.num_tokens_np[i]),
-                )
-            )
-        if isinstance(self.drafter, DraftModelProposer):
-            md = batch.sampling_metadata(None if len(rows) == num_reqs else rows)
-            proposed = self.drafter.propose(
-                list(batch.req_ids[:num_reqs]),
-                batch.token_ids_np,
-                batch.num_tokens_np[:num_reqs].tolist(),
-                batch.block_table.get_block_table(num_reqs),
-                batch.block_table.compute_slot_mapping,
-                rows,
-                rooms,
-                md,
-            )
-            for i, d in zip(rows, proposed):
-                drafts[i] = d
-            return drafts
-        for i, room in zip(rows, rooms):
-            if room > 0:
-                tokens = batch.token_ids_np[i, : batch.num_tokens_np[i]]
-                drafts[i] = self.drafter.propose(tokens, room)
-        return drafts
 
     def _run_model(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata

@@ -129,7 +129,7 @@ class Worker:
             model.num_kv_heads,
             model.head_size,
             model.dtype,
-            extra_bytes_per_block=getattr(drafter, "kv_bytes_per_block", lambda: 0)(),
+            extra_bytes_per_block=drafter.kv_bytes_per_block() if drafter is not None else 0,
         )
         # No request can ever need more than max_num_seqs full-length sequences' worth of blocks.
         blocks_per_seq = -(-model.max_model_len // cache.block_size)
