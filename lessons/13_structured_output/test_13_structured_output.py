@@ -5,8 +5,8 @@ allowed against the engine's xgrammar grammar (XgrammarGrammar.fill_bitmask) at 
 a walk over a toy vocabulary, and at several steps over SmolLM2's real 49152-token vocabulary;
 pack against the engine's unpack_bitmask and bit for bit against xgrammar's own int32 words;
 apply against apply_token_bitmask_reference and xgrammar's C++ kernel; tool: your
-tool_choice="required" schema accepts a real call and refuses malformed ones, with jsonschema
-and through the engine's xgrammar backend.
+tool_choice="required" schema equals the server's (tool_parsers/utils.py), accepts a real call
+and refuses malformed ones, with jsonschema and through the engine's xgrammar backend.
 """
 
 from __future__ import annotations
@@ -179,6 +179,14 @@ def test_required_tool_schema_accepts_calls_and_refuses_the_rest():
     for calls in bad:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(calls, schema)
+
+
+def test_required_tool_schema_equals_the_servers():
+    """The server builds the same schema for tool_choice="required" (vLLM's construction)."""
+    from vllm_mini.tool_parsers.utils import get_json_schema_from_tools
+
+    for tools in ([WEATHER], [WEATHER, TIME], [TIME]):
+        assert impl.required_tool_schema(tools) == get_json_schema_from_tools("required", tools)
 
 
 def test_required_tool_schema_compiles_in_the_engines_backend():
