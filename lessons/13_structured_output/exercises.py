@@ -1,10 +1,11 @@
 """Lesson 13 exercises: a grammar as a token mask, by hand, and the tool-call schema.
 
 Fill in each function, then run:  LESSON_IMPL=exercises .venv/bin/pytest lessons/13_structured_output
-One at a time with -k: allowed | pack | apply | tool. The tests compare your masks with the ones
+One at a time with -k: allowed | pack | apply | drafts | tool. The tests compare your masks with the ones
 xgrammar fills through the engine's grammar class (vllm_mini/structured_output/backend_xgrammar.py),
 on a toy vocabulary and on SmolLM2's 49152 tokens, and with the engine's unpack_bitmask and
-apply_token_bitmask_reference (vllm_mini/structured_output/utils.py).
+apply_token_bitmask_reference (vllm_mini/structured_output/utils.py), and the manager's
+grammar_bitmask (vllm_mini/structured_output/__init__.py) for speculative drafts.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def apply_mask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
     """
     raise NotImplementedError(
         "apply_mask: bits = (bitmask[..., None] >> arange(32)) & 1, flatten to [rows, 32 * words], cut to V, masked_fill(~allowed, -inf). Engine: apply_token_bitmask_reference in structured_output/utils.py"
+    )
+
+
+def masks_for_drafts(
+    text: str, drafts: list[int], vocab: list[str], pattern: str, eos_token_id: int
+) -> list[list[int]]:
+    """The k + 1 mask rows of a request that verifies k = len(drafts) draft tokens after `text`.
+
+    Engine: StructuredOutputManager.grammar_bitmask in structured_output/__init__.py. Row j is
+    allowed_tokens after text + drafts[0..j-1], so walk forward through the drafts. Once a draft
+    is not in its row's allowed set, or is EOS (the grammar has ended), every later row allows
+    every token (list(range(len(vocab)))): the rejection sampler never reaches those positions,
+    or the structure is complete. The engine then rolls its grammar back; your text is a copy.
+    """
+    raise NotImplementedError(
+        "masks_for_drafts: row j = allowed_tokens(text + drafts[:j]); after a refused draft or EOS, rows allow everything. Engine: StructuredOutputManager.grammar_bitmask"
     )
 
 

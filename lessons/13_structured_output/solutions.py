@@ -44,6 +44,27 @@ def apply_mask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(~allowed, float("-inf"))
 
 
+def masks_for_drafts(
+    text: str, drafts: list[int], vocab: list[str], pattern: str, eos_token_id: int
+) -> list[list[int]]:
+    everything = list(range(len(vocab)))
+    rows: list[list[int]] = []
+    live = True  # False once a draft is refused or EOS is accepted: the rest is unconstrained
+    for draft in drafts:
+        if not live:
+            rows.append(everything)
+            continue
+        allowed = allowed_tokens(text, vocab, pattern, eos_token_id)
+        rows.append(allowed)
+        if draft not in allowed or draft == eos_token_id:
+            live = False  # the rejection sampler stops at a refused draft; EOS ends the grammar
+        else:
+            text += vocab[draft]  # walk forward: the next row is the state after this draft
+    rows.append(allowed_tokens(text, vocab, pattern, eos_token_id) if live else everything)
+    # Nothing to undo here: `text` is a local copy. The engine's cursor must roll back instead.
+    return rows
+
+
 def required_tool_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     calls = []
     for tool in tools:

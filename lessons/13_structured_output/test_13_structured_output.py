@@ -4,7 +4,8 @@ Runs `solutions.py` by default; `LESSON_IMPL=exercises` checks your `exercises.p
 allowed against the engine's xgrammar grammar (XgrammarGrammar.fill_bitmask) at every prefix of
 a walk over a toy vocabulary, and at several steps over SmolLM2's real 49152-token vocabulary;
 pack against the engine's unpack_bitmask and bit for bit against xgrammar's own int32 words;
-apply against apply_token_bitmask_reference and xgrammar's C++ kernel; tool: your
+apply against apply_token_bitmask_reference and xgrammar's C++ kernel; drafts against the
+manager's own grammar_bitmask walking a request's speculative drafts (and rolling back); tool: your
 tool_choice="required" schema equals the server's (tool_parsers/utils.py), accepts a real call
 and refuses malformed ones, with jsonschema and through the engine's xgrammar backend.
 """
@@ -12,6 +13,7 @@ and refuses malformed ones, with jsonschema and through the engine's xgrammar ba
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -142,6 +144,64 @@ def test_apply_mask_matches_the_engine():
     assert torch.equal(mine[0], logits[0])
     probs = torch.softmax(mine, dim=-1)
     assert torch.all(probs[~unpack_bitmask(bitmask, 77)] == 0)
+
+
+@pytest.fixture(scope="module")
+def toy_manager(tiny_llama_dir):
+    """The engine's StructuredOutputManager with its backend over the toy vocabulary."""
+    from vllm_mini.engine.arg_utils import EngineArgs
+    from vllm_mini.structured_output import StructuredOutputManager
+
+    manager = StructuredOutputManager(EngineArgs(model=str(tiny_llama_dir)).create_engine_config())
+    manager.backend = ToyXgrammarBackend(VOCAB, EOS)
+    return manager
+
+
+def engine_draft_masks(manager, text_tokens: list[int], drafts: list[int]) -> list[list[int]]:
+    """The rows grammar_bitmask fills for one request at text_tokens, verifying drafts."""
+    grammar = regex_grammar(manager.backend, NUMBER)
+    assert grammar.accept_tokens("r", text_tokens)
+    before = engine_allowed(manager.backend, grammar)
+    request = SimpleNamespace(structured_output_request=SimpleNamespace(grammar=grammar))
+    out = manager.grammar_bitmask({"r": request}, ["r"], {"r": drafts})
+    assert out.num_bitmask_rows == [len(drafts) + 1]
+    # The walk through the drafts was rolled back: the grammar is where it started.
+    assert engine_allowed(manager.backend, grammar) == before
+    rows = unpack_bitmask(torch.from_numpy(out.grammar_bitmask), len(VOCAB))
+    return [row.nonzero().flatten().tolist() for row in rows]
+
+
+def test_masks_for_drafts_hand_case():
+    everything = list(range(len(VOCAB)))
+    # "1", then drafts "." and "5": rows after "1", after "1.", after "1.5".
+    assert impl.masks_for_drafts("1", [4, 8], VOCAB, NUMBER, EOS) == [
+        [0, 1, 2, 3, 4, 7, 8, 11, EOS],
+        [0, 1, 2, 3, 8],
+        [0, 1, 2, 3, 8, EOS],
+    ]
+    # The second draft "-" is refused after "1.": the row after it allows everything.
+    rows = impl.masks_for_drafts("1", [4, 5], VOCAB, NUMBER, EOS)
+    assert rows[1] == [0, 1, 2, 3, 8] and rows[2] == everything
+    # No drafts: one row, the ordinary decode step.
+    assert impl.masks_for_drafts("-", [], VOCAB, NUMBER, EOS) == [[0, 1, 2, 3, 8, 11]]
+
+
+def test_masks_for_drafts_match_the_managers_grammar_bitmask(toy_manager):
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        # A prefix the grammar accepts (walked at random), then up to 4 random drafts.
+        text_tokens: list[int] = []
+        for _ in range(int(torch.randint(0, 4, (1,), generator=gen))):
+            options = [t for t in impl.allowed_tokens(
+                "".join(VOCAB[t] for t in text_tokens), VOCAB, NUMBER, EOS) if t != EOS]  # fmt: skip
+            text_tokens.append(options[int(torch.randint(len(options), (1,), generator=gen))])
+        k = int(torch.randint(0, 5, (1,), generator=gen))
+        # Drafts drawn mostly from digits, so that some walks go deep before a refusal.
+        pool = torch.tensor([0, 1, 2, 3, 4, 5, 8, 8, 8, 1, 2, 7, EOS])
+        drafts = pool[torch.randint(len(pool), (k,), generator=gen)].tolist()
+        text = "".join(VOCAB[t] for t in text_tokens)
+        mine = impl.masks_for_drafts(text, drafts, VOCAB, NUMBER, EOS)
+        assert mine == engine_draft_masks(toy_manager, text_tokens, drafts), (text, drafts)
 
 
 WEATHER = {
