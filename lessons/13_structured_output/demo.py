@@ -106,7 +106,7 @@ def fill_and_apply_microseconds(llm: LLM, rows: int = 4, repeats: int = 200) -> 
 
 
 def decode_step_ms(
-    llm: LLM, constrained: bool, overlap: bool = True, batch: int = 4, tokens: int = 12
+    llm: LLM, constrained: bool, overlap: bool = True, batch: int = 4, tokens: int = 8
 ) -> float:
     """Fastest engine step in which all `batch` requests decode one token each (the minimum is
     the least disturbed by whatever else runs on the machine)."""
