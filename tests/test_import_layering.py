@@ -54,6 +54,8 @@ LAYERS: dict[str, int] = {
     # 4 also: speculative decoding's proposers and their metrics (stage 11). A draft model is a
     # model with its own KV blocks; the scheduler counts acceptances, the runner proposes.
     "spec_decode": 4,
+    # 4 also: structured outputs (stage 13): grammars compiled and stepped beside the scheduler.
+    "structured_output": 4,
     # 5 running steps: worker, engine, what it returns, and the stats about it.
     "worker": 5,
     "engine": 5,
@@ -61,6 +63,7 @@ LAYERS: dict[str, int] = {
     "metrics": 5,
     # 6 front doors: LLM, the OpenAI server, the CLI, the benchmark client.
     "entrypoints": 6,
+    "tool_parsers": 6,  # tool calls in chat (stage 13): read back from the model's text
     "benchmarks": 6,
     "": 6,  # vllm_mini/__init__.py, the public API
 }

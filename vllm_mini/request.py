@@ -2,7 +2,8 @@
 
 Stage 5. Mirrors vllm/v1/request.py. The scheduler moves a request WAITING -> RUNNING ->
 (PREEMPTED -> WAITING ->)* FINISHED_*; the KV cache manager reads its token ids and block
-hashes. Next: core/sched/scheduler.py.
+hashes. A constrained request (stage 13) starts in WAITING_FOR_FSM until its grammar is compiled.
+Next: core/sched/scheduler.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import enum
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from vllm_mini.structured_output.request import StructuredOutputRequest
 
 if TYPE_CHECKING:
     from vllm_mini.engine import EngineCoreRequest
@@ -21,6 +24,7 @@ class RequestStatus(enum.IntEnum):
     """Status of a request. Everything above PREEMPTED is a finished state."""
 
     WAITING = enum.auto()
+    WAITING_FOR_FSM = enum.auto()  # its grammar is still compiling (stage 13)
     RUNNING = enum.auto()
     PREEMPTED = enum.auto()
     FINISHED_STOPPED = enum.auto()
@@ -72,6 +76,14 @@ class Request:
         self.lora_int_id = lora_int_id
         self.cache_salt = cache_salt
         self.status = RequestStatus.WAITING
+        # Stage 13: the request's output constraint and, once compiled, its grammar cursor.
+        self.structured_output_request = (
+            StructuredOutputRequest(sampling_params.structured_outputs)
+            if sampling_params.structured_outputs is not None
+            else None
+        )
+        if self.structured_output_request is not None:
+            self.status = RequestStatus.WAITING_FOR_FSM
         self.stop_reason: int | str | None = None
 
         self.num_prompt_tokens = len(self.prompt_token_ids)

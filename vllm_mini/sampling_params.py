@@ -2,13 +2,17 @@
 
 Mirrors vllm/sampling_params.py: same field names, defaults and validation, so vLLM code runs
 unchanged. Every bad value raises a ValueError naming the field, the allowed range and the value.
+StructuredOutputsParams (stage 13) says what the output must look like: JSON matching a schema,
+a regex, one of a list of choices, or a grammar; structured_output/ turns it into token masks.
 """
 
 from __future__ import annotations
 
 import copy
 import enum
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 _SAMPLING_EPS = 1e-5  # below this temperature we sample greedily (vLLM's constant)
 MAX_LOGPROBS = 20
@@ -27,6 +31,75 @@ class SamplingType(enum.IntEnum):
     GREEDY = 0
     RANDOM = 1
     RANDOM_SEED = 2
+
+
+# The constraint kinds of StructuredOutputsParams; a request sets exactly one of them.
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+@dataclass
+class StructuredOutputsParams:
+    """What the output must look like (vLLM's class of the same name; stage 13).
+
+    Exactly one of: `json` (a JSON schema, as a dict or its JSON text), `regex`, `choice` (the
+    output is one of these strings), `grammar` (EBNF/GBNF for xgrammar, Lark for guidance),
+    `json_object=True` (any JSON object), `structural_tag` (xgrammar's tagged regions, as JSON).
+    """
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    structural_tag: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "structured_outputs must set exactly one of "
+                f"{', '.join(STRUCTURED_OUTPUT_KINDS)}; got {given or 'none'}"
+            )
+        if isinstance(self.json, str):
+            try:
+                parsed = json.loads(self.json)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"structured_outputs.json is not valid JSON: {e}") from e
+            if not isinstance(parsed, dict):
+                raise ValueError(f"structured_outputs.json must be a JSON object, got {parsed!r}")
+        elif self.json is not None and not isinstance(self.json, dict):
+            raise ValueError(
+                f"structured_outputs.json must be a dict or a JSON string, got {self.json!r}"
+            )
+        for name in ("regex", "grammar", "structural_tag"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"structured_outputs.{name} must be a non-empty string")
+        if self.choice is not None:
+            if not isinstance(self.choice, list) or not self.choice:
+                raise ValueError(
+                    f"structured_outputs.choice must be a non-empty list, got {self.choice!r}"
+                )
+            for c in self.choice:
+                if not isinstance(c, str) or not c:
+                    raise ValueError(
+                        f"structured_outputs.choice must hold non-empty strings, got {c!r}"
+                    )
+        if self.json_object is not None and self.json_object is not True:
+            raise ValueError(
+                f"structured_outputs.json_object must be true, got {self.json_object!r}"
+            )
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in STRUCTURED_OUTPUT_KINDS if getattr(self, k) is not None)
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        return json.loads(self.json) if isinstance(self.json, str) else self.json
 
 
 def _check_number(name: str, value: object, kind: type = float) -> None:
@@ -64,6 +137,8 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+    # What the output must look like (stage 13); a dict is read as StructuredOutputsParams.
+    structured_outputs: StructuredOutputsParams | None = None
     # bad_words as token sequences, filled by the front end (Processor) with the tokenizer.
     bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
     # Filled by the engine: stop_token_ids plus EOS unless ignore_eos.
@@ -186,6 +261,21 @@ class SamplingParams:
             for w in self.bad_words:
                 if not isinstance(w, str) or not w.strip():
                     raise ValueError(f"bad_words must be non-empty strings, got {w!r}.")
+        if isinstance(self.structured_outputs, dict):
+            known = set(StructuredOutputsParams.__dataclass_fields__)
+            unknown = sorted(set(self.structured_outputs) - known)
+            if unknown:
+                raise ValueError(
+                    f"unknown structured_outputs fields {unknown}; known: {sorted(known)}"
+                )
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        if self.structured_outputs is not None and not isinstance(
+            self.structured_outputs, StructuredOutputsParams
+        ):
+            raise ValueError(
+                "structured_outputs must be a StructuredOutputsParams, got "
+                f"{type(self.structured_outputs).__name__}."
+            )
 
     @property
     def sampling_type(self) -> SamplingType:

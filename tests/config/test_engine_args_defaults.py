@@ -22,6 +22,7 @@ from vllm_mini.config import (
     ParallelConfig,
     SchedulerConfig,
     SpeculativeConfig,
+    StructuredOutputsConfig,
 )
 from vllm_mini.engine import arg_utils
 from vllm_mini.engine.arg_utils import EngineArgs
@@ -47,7 +48,10 @@ EXPLICIT = {
 ENGINE_ONLY = {"disable_log_stats", "enable_lora"}
 # Whole nested configs passed as one value (an int mode or a dict), as vLLM's --compilation-config:
 # None means the config's own defaults.
-NESTED = {"compilation_config": CompilationConfig}
+NESTED = {
+    "compilation_config": CompilationConfig,
+    "structured_outputs_config": StructuredOutputsConfig,
+}
 # Nested configs whose absence means the feature is off: None stays None.
 OPTIONAL_NESTED = {"speculative_config": SpeculativeConfig}
 

@@ -13,6 +13,7 @@ from vllm_mini.config.model import ModelConfig
 from vllm_mini.config.parallel import ParallelConfig
 from vllm_mini.config.scheduler import SchedulerConfig
 from vllm_mini.config.speculative import SpeculativeConfig
+from vllm_mini.config.structured_outputs import StructuredOutputsConfig
 from vllm_mini.config.vllm import VllmConfig, get_current_vllm_config, set_current_vllm_config
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ParallelConfig",
     "SchedulerConfig",
     "SpeculativeConfig",
+    "StructuredOutputsConfig",
     "VllmConfig",
     "get_current_vllm_config",
     "set_current_vllm_config",

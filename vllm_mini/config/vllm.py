@@ -23,6 +23,7 @@ from vllm_mini.config.model import ModelConfig
 from vllm_mini.config.parallel import ParallelConfig
 from vllm_mini.config.scheduler import SchedulerConfig
 from vllm_mini.config.speculative import SpeculativeConfig
+from vllm_mini.config.structured_outputs import StructuredOutputsConfig
 from vllm_mini.logger import init_logger
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ class VllmConfig:
     speculative_config: SpeculativeConfig | None = None
     # None: LoRA off (stage 9).
     lora_config: LoRAConfig | None = None
+    # Which grammar library serves constrained requests (stage 13).
+    structured_outputs_config: StructuredOutputsConfig = field(
+        default_factory=StructuredOutputsConfig
+    )
     # Built from model_config.quantization by the model loader (stage 7), which needs the method
     # classes of model_executor/; every layer reads it at construction.
     quant_config: QuantizationConfig | None = field(default=None, init=False)

@@ -25,6 +25,7 @@ from vllm_mini.config import (
     ParallelConfig,
     SchedulerConfig,
     SpeculativeConfig,
+    StructuredOutputsConfig,
     VllmConfig,
 )
 from vllm_mini.config.attention import ATTENTION_BACKENDS
@@ -56,6 +57,8 @@ _HELP = {
     "max_cpu_loras": "adapters kept loaded on the CPU beyond the slots (default: max_loras)",
     "speculative_config": "JSON dict: method (ngram or draft_model), num_speculative_tokens, "
     "prompt_lookup_min/max (ngram), model or num_draft_layers (draft_model)",
+    "structured_outputs_config": "JSON dict: backend (auto, xgrammar or guidance), "
+    "disable_any_whitespace, disable_additional_properties (guidance)",
     "compilation_config": "an int mode (0 none, 1 torch.compile, 3 vllm_mini) or a JSON dict "
     "with mode, cudagraph_mode, cudagraph_capture_sizes, cache_dir",
 }
@@ -102,6 +105,8 @@ class EngineArgs:
     max_cpu_loras: int | None = LoRAConfig.max_cpu_loras
     # VllmConfig.speculative_config (vLLM's --speculative-config), None: off.
     speculative_config: SpeculativeConfig | dict | str | None = None
+    # VllmConfig.structured_outputs_config (vLLM's --structured-outputs-config).
+    structured_outputs_config: StructuredOutputsConfig | dict | str | None = None
     # The engine's own knob, no config behind it.
     disable_log_stats: bool = False
 
@@ -171,6 +176,9 @@ class EngineArgs:
             attention_config=AttentionConfig(backend=self.attention_backend),
             compilation_config=CompilationConfig.from_cli(self.compilation_config),
             speculative_config=SpeculativeConfig.from_cli(self.speculative_config),
+            structured_outputs_config=StructuredOutputsConfig.from_cli(
+                self.structured_outputs_config
+            ),
             lora_config=LoRAConfig(
                 max_loras=self.max_loras,
                 max_lora_rank=self.max_lora_rank,

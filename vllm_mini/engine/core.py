@@ -102,7 +102,10 @@ class EngineCore:
             return []
         scheduler_output = self.scheduler.schedule()
         self.last_scheduler_output = scheduler_output
-        runner_output = self.worker.execute_model(scheduler_output)
+        # Stage 13: constrained requests' token masks are filled on a helper thread while the
+        # forward pass runs; the runner waits for them only when it samples.
+        grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
+        runner_output = self.worker.execute_model(scheduler_output, grammar_output)
         return self.scheduler.update_from_output(scheduler_output, runner_output)
 
     def has_unfinished_requests(self) -> bool:

@@ -24,6 +24,7 @@ from vllm_mini.engine import EngineCoreRequest
 from vllm_mini.lora.lora_model import LoRAModel, expected_lora_shapes
 from vllm_mini.lora.request import LoRARequest
 from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.structured_output import validate_structured_output_params
 
 # What LLM.generate and the engine accept as a prompt (vLLM's PromptType, simplified).
 PromptType = str | dict[str, Any]
@@ -70,6 +71,7 @@ class Processor:
         self.eos_token_id = tokenizer.eos_token_id
         self.kv_capacity_tokens = num_kv_blocks * vllm_config.cache_config.block_size
         self.lora_config = vllm_config.lora_config
+        self.structured_outputs_backend = vllm_config.structured_outputs_config.resolved_backend
         self._checked_loras: dict[int, LoRARequest] = {}  # adapters already read and checked
 
     def check_lora(self, lora_request: LoRARequest | None) -> None:
@@ -186,6 +188,10 @@ class Processor:
         if params.logprobs is not None and params.logprobs > self.model_config.max_logprobs:
             raise ValueError(
                 f"logprobs must be in [0, {self.model_config.max_logprobs}], got {params.logprobs}"
+            )
+        if params.structured_outputs is not None:
+            validate_structured_output_params(
+                params.structured_outputs, self.structured_outputs_backend
             )
         params = params.clone()
         if params.max_tokens is None:

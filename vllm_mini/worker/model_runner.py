@@ -20,6 +20,8 @@ Next: engine/core.py.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import torch
 
@@ -33,6 +35,7 @@ from vllm_mini.config import CUDAGraphMode, VllmConfig
 from vllm_mini.core.kv_cache_utils import get_kv_cache_shape
 from vllm_mini.core.sched.output import (
     CachedRequestData,
+    GrammarOutput,
     LogprobsLists,
     ModelRunnerOutput,
     NewRequestData,
@@ -44,6 +47,7 @@ from vllm_mini.model_executor.layers.rejection_sampler import RejectionSampler
 from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
 from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.structured_output.utils import apply_grammar_bitmask
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
 from vllm_mini.worker.prompt_logprobs import PromptLogprobsMixin
 from vllm_mini.worker.spec_decode_runner import SpecDecodeMixin, make_drafter
@@ -237,7 +241,9 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
 
     # -------------------------------------------------------------------------- step
     @torch.inference_mode()
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(
+        self, so: SchedulerOutput, grammar_output: Future | GrammarOutput | None = None
+    ) -> ModelRunnerOutput:
         self._update_states(so)
         batch = self.input_batch
         req_ids = list(batch.req_ids)  # condensed: row i is req_ids[i]
@@ -266,15 +272,21 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
         sampled: list[list[int]] = [[] for _ in req_ids]
         logprobs = None
         if rows and spec:
-            sampled, logprobs = self._verify_drafts(hidden_states, meta, req_ids, rows, spec)
+            sampled, logprobs = self._verify_drafts(
+                hidden_states, meta, req_ids, rows, spec, grammar_output
+            )
         elif rows:
             last_token_idx = [meta.query_start_loc_cpu[i + 1] - 1 for i in rows]
             logits = self.model.compute_logits(
                 hidden_states[torch.tensor(last_token_idx, device=self.device)]
-            )
+            ).float()
+            if grammar_output is not None:  # stage 13: forbidden tokens get -inf
+                apply_grammar_bitmask(
+                    logits, {req_ids[i]: (j, 1) for j, i in enumerate(rows)}, grammar_output
+                )
             # In a pure decode step every row samples: the batch's cached metadata is used as is.
             metadata = batch.sampling_metadata(None if len(rows) == n else rows)
-            out = self.sampler(logits.float(), metadata)
+            out = self.sampler(logits, metadata)
             for row, token in zip(rows, out.sampled_token_ids.tolist()):
                 batch.append_token(row, token)
                 sampled[row] = [token]

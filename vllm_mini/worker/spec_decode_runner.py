@@ -10,13 +10,16 @@ Next: spec_decode/ngram_proposer.py and spec_decode/draft_model.py.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import torch
 
 from vllm_mini.attention.backends.abstract import AttentionMetadata
 from vllm_mini.config import VllmConfig
-from vllm_mini.core.sched.output import LogprobsLists
+from vllm_mini.core.sched.output import GrammarOutput, LogprobsLists
 from vllm_mini.spec_decode.draft_model import DraftModelProposer
 from vllm_mini.spec_decode.ngram_proposer import NgramProposer
+from vllm_mini.structured_output.utils import apply_grammar_bitmask
 
 
 def make_drafter(vllm_config: VllmConfig) -> NgramProposer | DraftModelProposer | None:
@@ -41,6 +44,7 @@ class SpecDecodeMixin:
         req_ids: list[str],
         rows: list[int],
         spec: dict[str, list[int]],
+        grammar_output: Future | GrammarOutput | None = None,
     ) -> tuple[list[list[int]], LogprobsLists | None]:
         """Logits at each sampling request's last 1 + k positions, through the rejection sampler."""
         batch = self.input_batch
@@ -51,13 +55,19 @@ class SpecDecodeMixin:
             positions.extend(range(end - 1 - len(d), end))
         logits = self.model.compute_logits(
             hidden_states[torch.tensor(positions, device=self.device)]
-        )
+        ).float()
+        if grammar_output is not None:  # stage 13: a mask per verified position
+            logits_rows, first = {}, 0
+            for i, d in zip(rows, drafts):
+                logits_rows[req_ids[i]] = (first, 1 + len(d))
+                first += 1 + len(d)
+            apply_grammar_bitmask(logits, logits_rows, grammar_output)
         metadata = batch.sampling_metadata(None if len(rows) == len(req_ids) else rows)
         # A draft model's sampled drafts come with their q; n-gram drafts with None (one-hot).
         draft_probs = [
             self.drafter.take_draft_probs(req_ids[i], len(d)) for i, d in zip(rows, drafts)
         ]
-        out = self.rejection_sampler(logits.float(), drafts, metadata, draft_probs)
+        out = self.rejection_sampler(logits, drafts, metadata, draft_probs)
         sampled: list[list[int]] = [[] for _ in req_ids]
         for row, tokens in zip(rows, out.token_ids):
             for token in tokens:

@@ -11,11 +11,13 @@ With tensor parallelism there is one worker per rank; today there is one.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import torch
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.kv_cache_utils import get_num_blocks
-from vllm_mini.core.sched.output import ModelRunnerOutput, SchedulerOutput
+from vllm_mini.core.sched.output import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from vllm_mini.logger import init_logger
 from vllm_mini.platforms.cpu import cpu_kv_cache_space_bytes
 from vllm_mini.worker.model_runner import ModelRunner
@@ -147,5 +149,9 @@ class Worker:
             num_blocks * self.vllm_config.cache_config.block_size,
         )
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        return self.model_runner.execute_model(scheduler_output)
+    def execute_model(
+        self,
+        scheduler_output: SchedulerOutput,
+        grammar_output: Future | GrammarOutput | None = None,
+    ) -> ModelRunnerOutput:
+        return self.model_runner.execute_model(scheduler_output, grammar_output)

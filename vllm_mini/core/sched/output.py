@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from vllm_mini.sampling_params import SamplingParams
 
 
@@ -98,3 +100,17 @@ class EngineCoreOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass
+class GrammarOutput:
+    """The token masks of this step's constrained requests (stage 13; vLLM's GrammarOutput).
+
+    Request structured_output_request_ids[i] owns num_bitmask_rows[i] consecutive rows of
+    `grammar_bitmask` (int32 [rows, ceil(vocab / 32)]): one per draft it verifies, plus one for
+    the token after them. A numpy array, as in vLLM, so it could cross to worker processes.
+    """
+
+    structured_output_request_ids: list[str]
+    num_bitmask_rows: list[int]
+    grammar_bitmask: np.ndarray

@@ -18,12 +18,18 @@ slots for all of them, and counts them as computed. When the runner reports that
 k were accepted, `num_computed_tokens` steps back by k - a: the rejected drafts' KV stays in
 slots the request already owns, beyond its computed length, where the next tokens overwrite it.
 No block is freed or leaked, and block hashes only ever cover real (accepted) tokens.
+
+Structured outputs (stage 13) add a gate and a mask: a constrained request is admitted only once
+its grammar has compiled (it waits as WAITING_FOR_FSM; others pass it), `get_grammar_bitmask`
+gives the runner the allowed tokens of each constrained request, and the emitted tokens advance
+its grammar. Preemption keeps the tokens, so the grammar needs no rollback there.
 Next: worker/model_runner.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from vllm_mini.config import VllmConfig
@@ -31,6 +37,7 @@ from vllm_mini.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm_mini.core.sched.output import (
     CachedRequestData,
     EngineCoreOutput,
+    GrammarOutput,
     LogprobsLists,
     ModelRunnerOutput,
     NewRequestData,
@@ -40,6 +47,7 @@ from vllm_mini.core.sched.request_queue import create_request_queue
 from vllm_mini.logger import init_logger
 from vllm_mini.request import Request, RequestStatus
 from vllm_mini.spec_decode.metrics import SpecDecodingStats
+from vllm_mini.structured_output import StructuredOutputManager
 
 logger = init_logger(__name__)
 
@@ -62,7 +70,12 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, vllm_config: VllmConfig, num_blocks: int) -> None:
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        num_blocks: int,
+        structured_output_manager: StructuredOutputManager | None = None,
+    ) -> None:
         sched = vllm_config.scheduler_config
         cache = vllm_config.cache_config
         self.max_num_running_reqs = sched.max_num_seqs
@@ -92,6 +105,12 @@ class Scheduler:
         )
         # Counters since start-up (the /metrics counters and the benchmark read these).
         self.spec_decoding_stats = SpecDecodingStats(self.num_spec_tokens) if spec else None
+        self.structured_output_manager = structured_output_manager or StructuredOutputManager(
+            vllm_config
+        )
+        # Requests that failed before running (a grammar that would not compile): reported by
+        # the next update_from_output.
+        self._failed_outputs: list[EngineCoreOutput] = []
 
     # ----------------------------------------------------------------- requests in and out
     def add_request(self, request: Request) -> None:
@@ -100,6 +119,8 @@ class Scheduler:
             raise ValueError(f"request_id {request.request_id!r} is already in the scheduler")
         self.requests[request.request_id] = request
         self.waiting.add_request(request)
+        # Compiles on the manager's thread (or hits its cache) while the request waits.
+        self.structured_output_manager.grammar_init(request)
 
     def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> None:
         """Abort (or otherwise end) requests in any state; their blocks go back to the pool."""
@@ -120,7 +141,7 @@ class Scheduler:
         del self.requests[request.request_id]
 
     def has_requests(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.running or self.waiting or self._failed_outputs)
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.running) + len(self.waiting)
@@ -191,6 +212,14 @@ class Scheduler:
             and len(self.running) < self.max_num_running_reqs
         ):
             request = self.waiting.peek_request()
+            if request.status == RequestStatus.WAITING_FOR_FSM:
+                if not self.structured_output_manager.grammar_ready(request):
+                    skipped.append(self.waiting.pop_request())  # still compiling: next step
+                    continue
+                if request.structured_output_request.error is not None:
+                    self._fail_request(self.waiting.pop_request())
+                    continue
+                request.status = RequestStatus.WAITING
             if not self._lora_fits(request, step_loras):
                 skipped.append(self.waiting.pop_request())
                 continue
@@ -251,6 +280,19 @@ class Scheduler:
             )
         return output
 
+    def get_grammar_bitmask(self, so: SchedulerOutput) -> Future | GrammarOutput | None:
+        """This step's token masks (stage 13): a Future filled beside the forward pass, or None."""
+        return self.structured_output_manager.submit_grammar_bitmask(self.requests, so)
+
+    def _fail_request(self, request: Request) -> None:
+        """A request that cannot run: finished as aborted, its error as the stop reason."""
+        request.status = RequestStatus.FINISHED_ABORTED
+        request.stop_reason = request.structured_output_request.error
+        self._failed_outputs.append(
+            EngineCoreOutput(request.request_id, [], "abort", request.stop_reason)
+        )
+        self._free_request(request)
+
     def _lora_fits(self, request: Request, step_loras: set[int]) -> bool:
         """Base-model requests always fit; an adapter fits if scheduled already or a slot is left."""
         if request.lora_int_id == 0 or request.lora_int_id in step_loras:
@@ -288,7 +330,8 @@ class Scheduler:
     def update_from_output(
         self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
     ) -> list[EngineCoreOutput]:
-        outputs: list[EngineCoreOutput] = []
+        outputs, self._failed_outputs = self._failed_outputs, []
+        structured = self.structured_output_manager
         for req_id in scheduler_output.num_scheduled_tokens:
             request = self.requests.get(req_id)
             if request is None or request.status != RequestStatus.RUNNING:
@@ -313,8 +356,14 @@ class Scheduler:
                 stopped = self._check_stop(request)
                 if stopped:
                     break
+            if request.structured_output_request is not None:
+                structured.accept_tokens(request, new_token_ids)
             if not stopped and runner_output.spec_token_ids is not None:
                 request.spec_token_ids = runner_output.spec_token_ids[index]
+                if request.structured_output_request is not None:
+                    request.spec_token_ids = structured.validate_tokens(
+                        request, request.spec_token_ids
+                    )
             outputs.append(
                 EngineCoreOutput(
                     request_id=req_id,
