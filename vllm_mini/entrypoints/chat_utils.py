@@ -67,14 +67,18 @@ def apply_chat_template(
     *,
     add_generation_prompt: bool = True,
     chat_template: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """Render the conversation as text; `add_generation_prompt` opens the assistant's turn."""
+    """Render the conversation as text; `add_generation_prompt` opens the assistant's turn.
+    `tools` (OpenAI function tools) are the template's to describe; one without tool support
+    ignores them."""
     try:
         return tokenizer.apply_chat_template(
             conversation,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             chat_template=chat_template,
+            tools=tools,
         )
     except (jinja2.TemplateError, ValueError) as e:
         # Templates reject what their model was not trained on (e.g. roles out of order), and
@@ -97,6 +101,7 @@ def render_chat(
     *,
     add_generation_prompt: bool = True,
     chat_template: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> ChatPrompt:
     """All three steps: messages -> turns -> template text -> token ids."""
     conversation = parse_chat_messages(messages)
@@ -105,6 +110,7 @@ def render_chat(
         conversation,
         add_generation_prompt=add_generation_prompt,
         chat_template=chat_template,
+        tools=tools,
     )
     return ChatPrompt(
         prompt=text, prompt_token_ids=encode_prompt(tokenizer, text, from_chat_template=True)

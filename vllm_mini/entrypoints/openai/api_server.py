@@ -37,8 +37,10 @@ from vllm_mini.entrypoints.openai.metrics import CONTENT_TYPE, ServerMetrics
 from vllm_mini.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    DetokenizeRequest,
     ErrorResponse,
+)
+from vllm_mini.entrypoints.openai.serve_protocol import (
+    DetokenizeRequest,
     LoadLoRAAdapterRequest,
     TokenizeRequest,
     UnloadLoRAAdapterRequest,
@@ -53,6 +55,7 @@ from vllm_mini.entrypoints.openai.serving_models import (
 )
 from vllm_mini.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from vllm_mini.logger import init_logger
+from vllm_mini.tool_parsers import ToolParserManager
 
 logger = init_logger(__name__)
 T = TypeVar("T")
@@ -203,6 +206,8 @@ def build_app(
     api_key: str | None = None,
     lora_modules: Sequence[LoRAModulePath] = (),
     allow_runtime_lora_updating: bool | None = None,
+    enable_auto_tool_choice: bool = False,
+    tool_call_parser: str | None = None,
 ) -> FastAPI:
     """The app over a fresh engine. `lora_modules` are loaded now (a bad one raises ValueError
     naming it); `allow_runtime_lora_updating` (default: the VLLM_ALLOW_RUNTIME_LORA_UPDATING
@@ -215,7 +220,13 @@ def build_app(
         allow_runtime_lora_updating = runtime_lora_updating_allowed()
     metrics = ServerMetrics(engine, name)
     completion = OpenAIServingCompletion(engine, models, metrics)
-    chat = OpenAIServingChat(engine, models, metrics)
+    chat = OpenAIServingChat(
+        engine,
+        models,
+        metrics,
+        enable_auto_tools=enable_auto_tool_choice,
+        tool_parser=tool_call_parser,
+    )
     tokenization = OpenAIServingTokenization(engine, models)
 
     app = FastAPI(title="vllm_mini OpenAI-compatible server")
@@ -312,6 +323,18 @@ def make_arg_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         '\'{"name": "sql-lora", "path": "/adapters/sql", "base_model_name": "..."}\'; '
         "clients pick one with model=NAME. Put MODEL before this flag.",
     )
+    group.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='let the model decide when to call tools (tool_choice "auto"); needs '
+        "--tool-call-parser",
+    )
+    group.add_argument(
+        "--tool-call-parser",
+        default=None,
+        choices=sorted(ToolParserManager.tool_parsers),
+        help="the format the model writes tool calls in (hermes: <tool_call>{json}</tool_call>)",
+    )
     EngineArgs.add_cli_args(parser)
     return parser
 
@@ -333,6 +356,8 @@ def run_server(args: argparse.Namespace) -> None:
             served_model_name=engine_args.served_model_name,
             api_key=args.api_key,
             lora_modules=getattr(args, "lora_modules", None) or (),
+            enable_auto_tool_choice=getattr(args, "enable_auto_tool_choice", False),
+            tool_call_parser=getattr(args, "tool_call_parser", None),
         )
     except ValueError as e:  # a bad --lora-modules adapter: stop before listening
         engine.shutdown()

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.sampling_params import SamplingParams, StructuredOutputsParams
+from vllm_mini.tool_parsers.utils import get_json_schema_from_tools
 
 MAX_N = 16  # samples per prompt; SamplingParams allows more, a public server should not
 MAX_LOGPROBS = 20  # OpenAI's limit for logprobs / top_logprobs
@@ -57,6 +58,21 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
 
+class JsonSchemaResponseFormat(OpenAIBaseModel):
+    name: str = "response"
+    description: str | None = None
+    # `schema` would shadow a pydantic method: stored as json_schema, spelled "schema" in JSON.
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    """OpenAI's response_format: plain text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaResponseFormat | None = None
+
+
 class SamplingRequest(OpenAIBaseModel):
     """Fields shared by completions and chat, with vLLM's extra sampling parameters."""
 
@@ -87,6 +103,10 @@ class SamplingRequest(OpenAIBaseModel):
     cache_salt: str | None = None
     # vLLM's: keep only the prompt's last k tokens (-1: the model's context length).
     truncate_prompt_tokens: Int64 | None = None
+    # Stage 13: OpenAI's response_format, or vLLM's extra `structured_outputs` (a dict of
+    # StructuredOutputsParams fields: json, regex, choice, grammar, json_object, ...).
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -104,7 +124,32 @@ class SamplingRequest(OpenAIBaseModel):
     def _sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """Raises ValueError naming the field for values out of range (SamplingParams checks)."""
         same_name = {name: getattr(self, name) for name in _SAMPLING_FIELDS}
-        return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **same_name)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            structured_outputs=self._structured_outputs(),
+            **same_name,
+        )
+
+    def _structured_outputs(self) -> StructuredOutputsParams | None:
+        fmt = self.response_format
+        if fmt is not None and fmt.type != "text":
+            if self.structured_outputs is not None:
+                raise ValueError("set either response_format or structured_outputs, not both")
+            if fmt.type == "json_object":
+                return StructuredOutputsParams(json_object=True)
+            if fmt.json_schema is None or fmt.json_schema.json_schema is None:
+                raise ValueError(
+                    'response_format.json_schema.schema is required when type is "json_schema"'
+                )
+            return StructuredOutputsParams(json=fmt.json_schema.json_schema)
+        if self.structured_outputs is None:
+            return None
+        known = set(StructuredOutputsParams.__dataclass_fields__)
+        unknown = sorted(set(self.structured_outputs) - known)
+        if unknown:
+            raise ValueError(f"unknown structured_outputs fields {unknown}; known: {sorted(known)}")
+        return StructuredOutputsParams(**self.structured_outputs)
 
 
 # Request fields that SamplingParams takes as they are (same name, same meaning).
@@ -219,6 +264,26 @@ class ChatMessage(OpenAIBaseModel):
         return content
 
 
+class FunctionDefinition(OpenAIBaseModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+
+
+class ChatCompletionToolsParam(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class ChatCompletionNamedFunction(OpenAIBaseModel):
+    name: str
+
+
+class ChatCompletionNamedToolChoiceParam(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: ChatCompletionNamedFunction
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Int64 | None = None  # deprecated by OpenAI in favour of max_completion_tokens
@@ -228,21 +293,52 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True  # vLLM extra, passed to the chat template
+    # Tool calling (stage 13): tools go to the chat template; a named or "required" choice
+    # becomes a JSON-schema constraint, "auto" needs the server's tool-call parser.
+    tools: list[ChatCompletionToolsParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ChatCompletionNamedToolChoiceParam | None = (
+        None
+    )
+    parallel_tool_calls: bool = True
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs can only be set when logprobs is true")
+        if self.tool_choice is None:  # OpenAI's default: "auto" with tools, "none" without
+            self.tool_choice = "auto" if self.tools else "none"
+        if self.tool_choice != "none" and not self.tools:
+            raise ValueError(f"tool_choice={self.tool_choice!r} needs tools")
         return self
+
+    @property
+    def forces_tool_call(self) -> bool:
+        """A named function or "required": the output is generated under a tool schema."""
+        return bool(self.tools) and self.tool_choice not in ("none", "auto")
 
     def to_sampling_params(self) -> SamplingParams:
         # None: generate until EOS or max_model_len (the engine fills in the room left).
         max_tokens = self.max_tokens
         if self.max_completion_tokens is not None:
             max_tokens = self.max_completion_tokens
-        return self._sampling_params(
+        params = self._sampling_params(
             max_tokens, (self.top_logprobs or 0) if self.logprobs else None
         )
+        if self.forces_tool_call:
+            if params.structured_outputs is not None:
+                raise ValueError(
+                    f"tool_choice={self.tool_choice!r} already constrains the output; "
+                    "drop response_format / structured_outputs"
+                )
+            schema = get_json_schema_from_tools(
+                self.tool_choice
+                if isinstance(self.tool_choice, str)
+                else self.tool_choice.model_dump(),
+                [t.model_dump() for t in self.tools],
+                self.parallel_tool_calls,
+            )
+            params.structured_outputs = StructuredOutputsParams(json=schema)
+        return params
 
 
 class ChatLogProb(BaseModel):
@@ -259,9 +355,25 @@ class ChatCompletionLogProbs(BaseModel):
     content: list[ChatLogProbsContent] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class DeltaToolCall(ToolCall):
+    index: int
+
+
 class ChatResponseMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class ChatCompletionResponseChoice(BaseModel):
@@ -284,6 +396,7 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionResponseStreamChoice(BaseModel):
@@ -301,64 +414,3 @@ class ChatCompletionStreamResponse(BaseModel):
     model: str
     choices: list[ChatCompletionResponseStreamChoice]
     usage: UsageInfo | None = None
-
-
-# ---- /v1/models, /tokenize, /detokenize ------------------------------------------------------
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "vllm_mini"
-    root: str | None = None
-    parent: str | None = None
-    max_model_len: int | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class TokenizeRequest(OpenAIBaseModel):
-    """vLLM's two tokenize bodies in one: `prompt` (completions) or `messages` (chat)."""
-
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(None, min_length=1)
-    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
-    add_generation_prompt: bool = True
-
-    @model_validator(mode="after")
-    def _exactly_one_input(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt or messages")
-        return self
-
-
-class TokenizeResponse(BaseModel):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-
-
-class DetokenizeRequest(OpenAIBaseModel):
-    model: str | None = None
-    tokens: list[int]
-
-
-class DetokenizeResponse(BaseModel):
-    prompt: str
-
-
-# ---- /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's, not OpenAI's) --------------------
-
-
-class LoadLoRAAdapterRequest(OpenAIBaseModel):
-    lora_name: str  # the `model` name clients will use
-    lora_path: str  # a local PEFT adapter directory (adapter_config.json + weights)
-
-
-class UnloadLoRAAdapterRequest(OpenAIBaseModel):
-    lora_name: str

@@ -5,7 +5,12 @@ is the chat template: the model's tokenizer ships a Jinja program that renders t
 messages into the exact text format the model was fine-tuned on (role markers, end-of-turn tokens)
 and, with add_generation_prompt, opens the assistant's turn. From there it is one engine request
 with `n` samples. A stream opens each choice with a `{"role": "assistant"}` delta, then sends
-content deltas, then the finish reason. Next: serving_tokenization.py.
+content deltas, then the finish reason.
+Tool calls (stage 13): the tools go to the chat template; a named tool_choice or "required" was
+turned into a JSON-schema constraint by the request (protocol.py), so the output is read back as
+the calls; with "auto", the server's tool-call parser (--tool-call-parser) finds them in free
+text. A stream holds a tool-calling choice's text back and sends its calls in the final delta.
+Next: serving_tokenization.py.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
+from vllm_mini.engine.async_llm import AsyncLLM
+from vllm_mini.entrypoints.openai.metrics import ServerMetrics
 from vllm_mini.entrypoints.openai.protocol import (
     ChatCompletionLogProbs,
+    ChatCompletionNamedToolChoiceParam,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
@@ -24,7 +32,10 @@ from vllm_mini.entrypoints.openai.protocol import (
     ChatLogProbsContent,
     ChatResponseMessage,
     DeltaMessage,
+    DeltaToolCall,
     ErrorResponse,
+    FunctionCall,
+    ToolCall,
     UsageInfo,
 )
 from vllm_mini.entrypoints.openai.serving_engine import (
@@ -36,12 +47,30 @@ from vllm_mini.entrypoints.openai.serving_engine import (
     sse_error,
     sse_event,
 )
+from vllm_mini.entrypoints.openai.serving_models import OpenAIServingModels
 from vllm_mini.outputs import CompletionOutput, Logprob, RequestOutput
 from vllm_mini.sampling_params import SamplingParams
+from vllm_mini.tool_parsers import ToolParserManager
+from vllm_mini.tool_parsers.abstract_tool_parser import ParsedToolCall
+from vllm_mini.tool_parsers.utils import tool_calls_from_required_output
 
 
 class OpenAIServingChat(OpenAIServing):
     request_id_prefix = "chatcmpl"
+
+    def __init__(
+        self,
+        engine: AsyncLLM,
+        models: OpenAIServingModels,
+        metrics: ServerMetrics | None = None,
+        *,
+        enable_auto_tools: bool = False,
+        tool_parser: str | None = None,
+    ) -> None:
+        super().__init__(engine, models, metrics)
+        self.enable_auto_tools = enable_auto_tools
+        parser = ToolParserManager.get_tool_parser(tool_parser) if tool_parser else None
+        self.tool_parser = parser(self.tokenizer) if parser else None
 
     async def create_chat_completion(
         self, request: ChatCompletionRequest
@@ -53,8 +82,14 @@ class OpenAIServingChat(OpenAIServing):
             return error
         self.log_ignored_fields(request)
         try:
+            if request.tool_choice == "auto" and not (self.enable_auto_tools and self.tool_parser):
+                raise ValueError(
+                    'tool_choice "auto" needs the server started with --enable-auto-tool-choice '
+                    "and --tool-call-parser"
+                )
             params = request.to_sampling_params()
-            prompt = self.render_chat(request.messages, request.add_generation_prompt)
+            tools = [t.model_dump() for t in request.tools] if request.tools else None
+            prompt = self.render_chat(request.messages, request.add_generation_prompt, tools)
             if request.cache_salt is not None:
                 prompt = {**prompt, "cache_salt": request.cache_salt}
             self.validate_prompt(prompt, params, input_name="messages")
@@ -78,18 +113,28 @@ class OpenAIServingChat(OpenAIServing):
     def full_response(
         self, request: ChatCompletionRequest, final: RequestOutput, request_id: str, model: str
     ) -> ChatCompletionResponse:
-        choices = [
-            ChatCompletionResponseChoice(
-                index=c.index,
-                message=ChatResponseMessage(content=c.text),
-                logprobs=self._logprobs(c, range(len(c.token_ids)), request.top_logprobs or 0)
-                if request.logprobs
-                else None,
-                finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason,
+        choices = []
+        for c in final.outputs:
+            content, calls, finish_reason = self._assistant_reply(request, c)
+            choices.append(
+                ChatCompletionResponseChoice(
+                    index=c.index,
+                    message=ChatResponseMessage(
+                        content=content,
+                        tool_calls=[
+                            ToolCall(
+                                id=t.id, function=FunctionCall(name=t.name, arguments=t.arguments)
+                            )
+                            for t in calls
+                        ],
+                    ),
+                    logprobs=self._logprobs(c, range(len(c.token_ids)), request.top_logprobs or 0)
+                    if request.logprobs
+                    else None,
+                    finish_reason=finish_reason,
+                    stop_reason=c.stop_reason,
+                )
             )
-            for c in final.outputs
-        ]
         num_prompt = len(final.prompt_token_ids)
         num_generated = sum(len(c.token_ids) for c in final.outputs)
         usage = UsageInfo(
@@ -111,6 +156,7 @@ class OpenAIServingChat(OpenAIServing):
         chunk_base = ChatCompletionStreamResponse(id=request_id, model=model, choices=[])
         options = request.stream_options
         deltas = StreamDeltas(request.n, params)
+        tool_mode = self._calls_tools(request)
         num_generated = [0] * request.n
 
         def usage() -> UsageInfo:
@@ -133,6 +179,8 @@ class OpenAIServingChat(OpenAIServing):
             async with aclosing(results) as stream:
                 async for _, out in stream:
                     for c in out.outputs:
+                        if tool_mode and not c.finished():
+                            continue  # calls are sent whole, with the finish reason
                         delta = deltas.next(c.index, c)
                         if delta is None:
                             continue
@@ -141,11 +189,26 @@ class OpenAIServingChat(OpenAIServing):
                         logprobs = None
                         if request.logprobs:
                             logprobs = self._logprobs(c, positions, request.top_logprobs or 0)
+                        message, finish_reason = DeltaMessage(content=text), c.finish_reason
+                        if tool_mode:
+                            content, calls, finish_reason = self._assistant_reply(request, c)
+                            message = DeltaMessage(
+                                content=content or None,
+                                tool_calls=[
+                                    DeltaToolCall(
+                                        index=k,
+                                        id=t.id,
+                                        function=FunctionCall(name=t.name, arguments=t.arguments),
+                                    )
+                                    for k, t in enumerate(calls)
+                                ]
+                                or None,
+                            )
                         choice = ChatCompletionResponseStreamChoice(
                             index=c.index,
-                            delta=DeltaMessage(content=text),
+                            delta=message,
                             logprobs=logprobs,
-                            finish_reason=c.finish_reason,
+                            finish_reason=finish_reason,
                             stop_reason=c.stop_reason,
                         )
                         yield chunk(choice)
@@ -157,6 +220,32 @@ class OpenAIServingChat(OpenAIServing):
             logger.exception("chat stream %s failed", request_id)
             yield sse_error(internal_error(e))
         yield SSE_DONE
+
+    def _calls_tools(self, request: ChatCompletionRequest) -> bool:
+        return request.forces_tool_call or (
+            bool(request.tools) and request.tool_choice == "auto" and self.tool_parser is not None
+        )
+
+    def _assistant_reply(
+        self, request: ChatCompletionRequest, out: CompletionOutput
+    ) -> tuple[str | None, list[ParsedToolCall], str | None]:
+        """(content, tool calls, finish reason) of one finished choice."""
+        text, finish_reason = out.text, out.finish_reason
+        if not self._calls_tools(request):
+            return text, [], finish_reason
+        if request.forces_tool_call:
+            if isinstance(request.tool_choice, ChatCompletionNamedToolChoiceParam):
+                # The whole output is the arguments object (vLLM: finish_reason stays "stop").
+                return "", [ParsedToolCall(request.tool_choice.function.name, text)], finish_reason
+            try:
+                calls = tool_calls_from_required_output(text)
+            except (ValueError, KeyError, TypeError):
+                return text, [], finish_reason  # cut short (max_tokens): no complete calls
+            return "", calls, "tool_calls" if finish_reason == "stop" else finish_reason
+        info = self.tool_parser.extract_tool_calls(text)
+        if not info.tools_called:
+            return text, [], finish_reason
+        return info.content, info.tool_calls, "tool_calls"
 
     @staticmethod
     def _logprobs(out: CompletionOutput, positions: range, top_k: int) -> ChatCompletionLogProbs:

@@ -152,11 +152,14 @@ class OpenAIServing:
         return EnginePrompt(prompt=None, prompt_token_ids=list(prompt))
 
     def render_chat(
-        self, messages: list[ChatMessage], add_generation_prompt: bool = True
+        self,
+        messages: list[ChatMessage],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> EnginePrompt:
         """Apply the tokenizer's chat template, exactly as LLM.chat does (chat_utils.py)."""
         rendered = chat_utils.render_chat(
-            self.tokenizer, messages, add_generation_prompt=add_generation_prompt
+            self.tokenizer, messages, add_generation_prompt=add_generation_prompt, tools=tools
         )
         return EnginePrompt(**rendered)
 

@@ -24,6 +24,8 @@ from vllm_mini.engine.async_llm import AsyncLLM, LoRAInUseError
 from vllm_mini.entrypoints.openai.protocol import (
     ErrorInfo,
     ErrorResponse,
+)
+from vllm_mini.entrypoints.openai.serve_protocol import (
     LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,

@@ -9,9 +9,11 @@ vLLM's. Next: api_server.py.
 from __future__ import annotations
 
 from vllm_mini.entrypoints.openai.protocol import (
+    ErrorResponse,
+)
+from vllm_mini.entrypoints.openai.serve_protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
-    ErrorResponse,
     TokenizeRequest,
     TokenizeResponse,
 )
