@@ -124,9 +124,9 @@ def _spy_on_the_step(engine: LLMEngine) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     execute, prepare = worker.execute_model, runner._prepare_inputs
 
-    def spy_execute(so):
+    def spy_execute(so, grammar_output=None):
         steps.append({"so": so})
-        steps[-1]["out"] = execute(so)
+        steps[-1]["out"] = execute(so, grammar_output)
         return steps[-1]["out"]
 
     def spy_prepare(so, req_ids):

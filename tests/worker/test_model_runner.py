@@ -68,10 +68,10 @@ def test_outputs_do_not_depend_on_preemption_or_chunking(tiny_llama_dir):
     worker, preempted, seeds = tight.llm_engine.engine_core.worker, set(), {}
     execute = worker.execute_model
 
-    def spy(so):
+    def spy(so, grammar_output=None):
         preempted.update(so.preempted_req_ids)
         seeds.update({new.req_id: new.sampling_params.seed for new in so.scheduled_new_reqs})
-        return execute(so)
+        return execute(so, grammar_output)
 
     worker.execute_model = spy
     got = _run(tight)

@@ -38,12 +38,12 @@ from vllm_mini.core.sched.output import (
     CachedRequestData,
     EngineCoreOutput,
     GrammarOutput,
-    LogprobsLists,
     ModelRunnerOutput,
     NewRequestData,
     SchedulerOutput,
 )
 from vllm_mini.core.sched.request_queue import create_request_queue
+from vllm_mini.core.sched.utils import check_stop, logprob_rows
 from vllm_mini.logger import init_logger
 from vllm_mini.request import Request, RequestStatus
 from vllm_mini.spec_decode.metrics import SpecDecodingStats
@@ -353,7 +353,7 @@ class Scheduler:
             for token in generated:
                 request.append_output_token_ids(token)
                 new_token_ids.append(token)
-                stopped = self._check_stop(request)
+                stopped = check_stop(request, self.max_model_len)
                 if stopped:
                     break
             if request.structured_output_request is not None:
@@ -370,7 +370,7 @@ class Scheduler:
                     new_token_ids=new_token_ids,
                     finish_reason=request.get_finished_reason() if stopped else None,
                     stop_reason=request.stop_reason,
-                    new_logprobs=_rows(runner_output.logprobs, index, len(new_token_ids)),
+                    new_logprobs=logprob_rows(runner_output.logprobs, index, len(new_token_ids)),
                     num_cached_tokens=request.num_cached_tokens,
                     prompt_logprobs=(runner_output.prompt_logprobs or {}).get(req_id),
                 )
@@ -379,26 +379,6 @@ class Scheduler:
                 self.running.remove(request)
                 self._free_request(request)
         return outputs
-
-    def _check_stop(self, request: Request) -> bool:
-        """Stop conditions, in vLLM's order (vllm/v1/core/sched/utils.py: check_stop)."""
-        params = request.sampling_params
-        if request.num_output_tokens >= params.min_tokens:
-            last = request.output_token_ids[-1]
-            if not params.ignore_eos and last == request.eos_token_id:
-                request.status = RequestStatus.FINISHED_STOPPED
-                return True
-            if last in (params.stop_token_ids or ()):
-                request.status = RequestStatus.FINISHED_STOPPED
-                request.stop_reason = last
-                return True
-        if (
-            request.num_tokens >= self.max_model_len
-            or request.num_output_tokens >= params.max_tokens
-        ):
-            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
-            return True
-        return False
 
     def make_stats(self) -> SchedulerStats:
         kv = self.kv_cache_manager
@@ -411,17 +391,3 @@ class Scheduler:
             num_preemptions=self.num_preemptions,
             spec_decoding=self.spec_decoding_stats,
         )
-
-
-def _rows(logprobs: LogprobsLists | None, index: int, count: int) -> LogprobsLists | None:
-    """Request `index`'s logprob rows: its first `count` emitted tokens (a stop cuts the rest)."""
-    if logprobs is None:
-        return None
-    cu = logprobs.cu_num_generated_tokens
-    start = index if cu is None else cu[index]
-    end = start + count
-    return LogprobsLists(
-        logprobs.logprob_token_ids[start:end],
-        logprobs.logprobs[start:end],
-        logprobs.sampled_token_ranks[start:end],
-    )
