@@ -184,3 +184,22 @@ def test_guidance_backend_serves_the_same_api(smollm2_gguf, prompt):
     for out in outs[:2]:
         jsonschema.validate(json.loads(out.outputs[0].text), PERSON)
     assert all(re.fullmatch(REGEX, c.text) for c in outs[2].outputs)
+
+
+def test_a_slow_grammar_compiles_off_the_loop_while_others_run(llm):
+    """A bounded repeat compiles for about a second (xgrammar unrolls the count); meanwhile the
+    engine keeps stepping the other request, and the slow one is admitted once it is ready."""
+    engine = llm.llm_engine
+    scheduler = engine.engine_core.scheduler
+    slow = SamplingParams(max_tokens=4, structured_outputs=_so(regex="[a-z]{1,1500}"))
+    engine.add_request("slow", "Spell a word:", slow)
+    engine.add_request("fast", "The capital of France is", SamplingParams(max_tokens=2))
+    engine.step()
+    assert scheduler.requests["slow"].status.name == "WAITING_FOR_FSM"
+    assert scheduler.requests["fast"].num_output_tokens == 1  # it ran while slow compiled
+    finished = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out.outputs[0].text
+    assert re.fullmatch("[a-z]{1,1500}", finished["slow"]) and finished["fast"]
