@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vllm_mini.engine import EngineCoreRequest
+    from vllm_mini.multimodal.inputs import MultiModalFeatureSpec
     from vllm_mini.sampling_params import SamplingParams
 
 
@@ -62,6 +63,7 @@ class Request:
         block_hasher: Callable[[Request], list[Any]] | None = None,
         lora_int_id: int = 0,
         cache_salt: str | None = None,
+        mm_features: list[MultiModalFeatureSpec] | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -71,6 +73,8 @@ class Request:
         self.priority = priority
         self.lora_int_id = lora_int_id
         self.cache_salt = cache_salt
+        # The prompt's images, in prompt order (stage 10); their hashes join the block hashes.
+        self.mm_features = list(mm_features or [])
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
 
@@ -108,6 +112,7 @@ class Request:
             block_hasher=block_hasher,
             lora_int_id=request.lora_request.lora_int_id if request.lora_request else 0,
             cache_salt=request.cache_salt,
+            mm_features=request.mm_features,
         )
 
     @property

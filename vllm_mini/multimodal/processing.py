@@ -65,15 +65,19 @@ class LlavaMultiModalProcessor:
         self.image_token_id: int = hf_config.image_token_index
         # What a chat message writes for an image part (vLLM: the model's placeholder string).
         self.image_placeholder: str = tokenizer.convert_ids_to_tokens(self.image_token_id)
-        vision = hf_config.vision_config
-        num_patches = (vision.image_size // vision.patch_size) ** 2
-        # "default" drops the CLS embedding, "full" keeps it (vision_feature_select_strategy).
-        keep_cls = hf_config.vision_feature_select_strategy == "full"
-        self.num_image_tokens = num_patches + int(keep_cls)
+        self.num_image_tokens = self.get_num_image_tokens(hf_config)
         self.limit = (model_config.limit_mm_per_prompt or {}).get("image", DEFAULT_IMAGE_LIMIT)
         self.image_processor = AutoImageProcessor.from_pretrained(
             model_config.source.hf_config_dir
         )
+
+    @staticmethod
+    def get_num_image_tokens(hf_config: Any) -> int:
+        """Embeddings per image: one per patch, plus CLS under the "full" select strategy."""
+        vision = hf_config.vision_config
+        num_patches = (vision.image_size // vision.patch_size) ** 2
+        keep_cls = hf_config.vision_feature_select_strategy == "full"
+        return num_patches + int(keep_cls)
 
     def apply(self, prompt_token_ids: list[int], mm_data: Any) -> ProcessedInputs:
         images = self._parse(mm_data)

@@ -23,6 +23,13 @@ class MultiModalRegistry:
     def supports_multimodal_inputs(self, model_config: Any) -> bool:
         return model_config.architecture in _PROCESSORS
 
+    def get_max_tokens_per_item(self, model_config: Any) -> int:
+        """Placeholder tokens (= encoder embeddings) of one image; 0 for a text-only model."""
+        if not self.supports_multimodal_inputs(model_config):
+            return 0
+        processor_cls = _PROCESSORS[model_config.architecture]
+        return processor_cls.get_num_image_tokens(model_config.hf_config)
+
     def create_processor(self, model_config: Any, tokenizer: Any) -> LlavaMultiModalProcessor:
         if not self.supports_multimodal_inputs(model_config):
             raise ValueError(

@@ -27,6 +27,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vllm_mini.config import VllmConfig
+from vllm_mini.core.encoder_cache_manager import (
+    EncoderCacheManager,
+    EncoderSchedule,
+    compute_encoder_budget,
+)
 from vllm_mini.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm_mini.core.sched.output import (
     CachedRequestData,
@@ -38,6 +43,7 @@ from vllm_mini.core.sched.output import (
 )
 from vllm_mini.core.sched.request_queue import create_request_queue
 from vllm_mini.logger import init_logger
+from vllm_mini.multimodal import MULTIMODAL_REGISTRY
 from vllm_mini.request import Request, RequestStatus
 from vllm_mini.spec_decode.metrics import SpecDecodingStats
 
@@ -90,6 +96,12 @@ class Scheduler:
         self.num_lookahead_tokens = (
             self.num_spec_tokens if spec is not None and spec.method == "draft_model" else 0
         )
+        # Stage 10: images' encoder outputs, cached by content hash (core/encoder_cache_manager.py).
+        self.encoder_budget = compute_encoder_budget(
+            self.max_num_scheduled_tokens,
+            MULTIMODAL_REGISTRY.get_max_tokens_per_item(vllm_config.model_config),
+        )
+        self.encoder_cache_manager = EncoderCacheManager(self.encoder_budget)
         # Counters since start-up (the /metrics counters and the benchmark read these).
         self.spec_decoding_stats = SpecDecodingStats(self.num_spec_tokens) if spec else None
 
@@ -116,6 +128,7 @@ class Scheduler:
 
     def _free_request(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
+        self.encoder_cache_manager.free(request)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
 
@@ -135,6 +148,7 @@ class Scheduler:
         preempted: list[Request] = []
         spec_tokens: dict[str, list[int]] = {}
         step_loras: set[int] = set()  # distinct adapters scheduled this step
+        encoder = EncoderSchedule(self.encoder_cache_manager, self.encoder_budget)
 
         # 1. Running requests first: they already hold KV blocks, finishing them frees memory.
         idx = 0
@@ -145,6 +159,11 @@ class Scheduler:
                 continue
             # With drafts: the last token plus as many drafts as the budget allows.
             num_new = min(request.num_tokens_with_spec - request.num_computed_tokens, token_budget)
+            # An image's tokens run only once its embeddings exist (or fit in this step's budget).
+            num_new = encoder.schedule(request, request.num_computed_tokens, num_new)
+            if num_new == 0:
+                idx += 1
+                continue
             blocks = self.kv_cache_manager.allocate_slots(
                 request, num_new, num_lookahead_tokens=self.num_lookahead_tokens
             )
@@ -201,7 +220,9 @@ class Scheduler:
             num_new = request.num_tokens - num_computed
             if num_new > token_budget and not self.enable_chunked_prefill:
                 break
-            num_new = min(num_new, token_budget)
+            num_new = encoder.schedule(request, num_computed, min(num_new, token_budget))
+            if num_new == 0:
+                break
             blocks = self.kv_cache_manager.allocate_slots(
                 request,
                 num_new,
@@ -236,6 +257,8 @@ class Scheduler:
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids={r.request_id for r in preempted},
             scheduled_spec_decode_tokens=spec_tokens,
+            scheduled_encoder_inputs=encoder.commit(self.requests, num_scheduled_tokens),
+            free_encoder_mm_hashes=self.encoder_cache_manager.get_freed_mm_hashes(),
         )
         self.finished_req_ids = set()
         # Advance optimistically: the runner will compute exactly these tokens this step.
@@ -266,6 +289,7 @@ class Scheduler:
         """Preemption by recomputation: drop the KV, keep the tokens, run them again later."""
         self.running.remove(request)
         self.kv_cache_manager.free(request)
+        self.encoder_cache_manager.free(request)  # outputs stay cached until evicted
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.spec_token_ids = []  # proposed from a state the runner is about to drop
@@ -282,6 +306,7 @@ class Scheduler:
             block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
             num_computed_tokens=request.num_computed_tokens,
             lora_int_id=request.lora_int_id,
+            mm_features=request.mm_features,
         )
 
     # ------------------------------------------------------------------ after the step
@@ -294,6 +319,8 @@ class Scheduler:
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # aborted or preempted while the step ran
             index = runner_output.req_id_to_index[req_id]
+            # Images whose placeholder tokens are all computed no longer need their output.
+            self.encoder_cache_manager.free(request, upto=request.num_computed_tokens)
             generated = runner_output.sampled_token_ids[index]
             if not generated:
                 continue  # a partial prefill chunk: nothing sampled yet
