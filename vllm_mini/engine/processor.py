@@ -164,6 +164,20 @@ class Processor:
         )
         return prompt_text, request
 
+    @property
+    def image_placeholder(self) -> str | None:
+        """The text a chat message's image part becomes; None for a text-only model."""
+        if not MULTIMODAL_REGISTRY.supports_multimodal_inputs(self.model_config):
+            return None
+        return self._get_mm_processor().image_placeholder
+
+    def _get_mm_processor(self):
+        if self._mm_processor is None:  # raises for a text-only model
+            self._mm_processor = MULTIMODAL_REGISTRY.create_processor(
+                self.model_config, self.tokenizer
+            )
+        return self._mm_processor
+
     def process_multimodal(
         self, prompt: PromptType, prompt_ids: list[int], params: SamplingParams
     ) -> tuple[list[int], list | None]:
@@ -174,11 +188,7 @@ class Processor:
             return prompt_ids, None
         if params.truncate_prompt_tokens is not None:
             raise ValueError("truncate_prompt_tokens cannot be used with multi_modal_data")
-        if self._mm_processor is None:  # raises for a text-only model
-            self._mm_processor = MULTIMODAL_REGISTRY.create_processor(
-                self.model_config, self.tokenizer
-            )
-        processed = self._mm_processor.apply(prompt_ids, mm_data)
+        processed = self._get_mm_processor().apply(prompt_ids, mm_data)
         return processed.prompt_token_ids, processed.mm_features
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> SamplingParams:
