@@ -69,7 +69,8 @@ def content_text(content: str | list[Any] | None, media: ChatMedia | None = None
         if kind in ("image_url", "image_pil"):
             if media is None:
                 raise ValueError(
-                    f"{kind} content parts need a multimodal model; this model is text-only"
+                    f"content parts must be text for this text-only model; {kind} parts need a "
+                    "multimodal model"
                 )
             media.load(part)
             num_images += 1
