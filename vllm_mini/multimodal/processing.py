@@ -67,9 +67,7 @@ class LlavaMultiModalProcessor:
         self.image_placeholder: str = tokenizer.convert_ids_to_tokens(self.image_token_id)
         self.num_image_tokens = self.get_num_image_tokens(hf_config)
         self.limit = (model_config.limit_mm_per_prompt or {}).get("image", DEFAULT_IMAGE_LIMIT)
-        self.image_processor = AutoImageProcessor.from_pretrained(
-            model_config.source.hf_config_dir
-        )
+        self.image_processor = AutoImageProcessor.from_pretrained(model_config.source.hf_config_dir)
 
     @staticmethod
     def get_num_image_tokens(hf_config: Any) -> int:
@@ -83,8 +81,7 @@ class LlavaMultiModalProcessor:
         images = self._parse(mm_data)
         if len(images) > self.limit:
             raise ValueError(
-                f"at most {self.limit} image(s) per prompt (limit_mm_per_prompt), got "
-                f"{len(images)}"
+                f"at most {self.limit} image(s) per prompt (limit_mm_per_prompt), got {len(images)}"
             )
         ids, ranges = expand_placeholders(
             prompt_token_ids, self.image_token_id, [self.num_image_tokens] * len(images)
