@@ -19,7 +19,13 @@ IMAGE_SIZE, PATCH_SIZE = 32, 8
 TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2  # "default" strategy drops the CLS token
 
 
-def make_tiny_llava(path: Path, seed: int = 0) -> Path:
+def make_tiny_llava(
+    path: Path,
+    seed: int = 0,
+    text_overrides: dict | None = None,
+    vision_overrides: dict | None = None,
+) -> Path:
+    """Save the checkpoint; the overrides make a larger one (benchmarks/multimodal.py)."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -30,27 +36,37 @@ def make_tiny_llava(path: Path, seed: int = 0) -> Path:
     )
 
     text = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-6,
-        initializer_range=0.2,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
+        **{
+            **dict(
+                vocab_size=VOCAB_SIZE,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                rms_norm_eps=1e-6,
+                initializer_range=0.2,
+                tie_word_embeddings=False,
+                bos_token_id=1,
+                eos_token_id=2,
+            ),
+            **(text_overrides or {}),
+        }
     )
     vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        initializer_range=0.2,
+        **{
+            **dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=IMAGE_SIZE,
+                patch_size=PATCH_SIZE,
+                initializer_range=0.2,
+            ),
+            **(vision_overrides or {}),
+        }
     )
     config = LlavaConfig(
         vision_config=vision.to_dict(),
@@ -64,13 +80,14 @@ def make_tiny_llava(path: Path, seed: int = 0) -> Path:
     model = LlavaForConditionalGeneration(config).eval()
     model.save_pretrained(path, safe_serialization=True)
     tokenizer = _tiny_tokenizer()
+    size = vision.image_size
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=vision.patch_size,
         vision_feature_select_strategy="default",
         image_token="<image>",
         num_additional_image_tokens=1,
