@@ -156,3 +156,29 @@ def test_text_only_model_rejects_images(tiny_llama_dir):
     with pytest.raises(ValueError, match="text-only"):
         text_llm.chat([{"role": "user", "content": [part]}], use_tqdm=False)
     assert text_llm.generate("w5 w6", GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_limit_mm_per_prompt_is_checked_and_parsed_from_the_cli(tiny_llava_dir):
+    import argparse
+
+    from vllm_mini.engine.arg_utils import EngineArgs
+
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["--model", str(tiny_llava_dir), "--limit-mm-per-prompt", '{"image": 3}']
+    )
+    config = EngineArgs.from_cli_args(args).create_engine_config()
+    assert config.model_config.limit_mm_per_prompt == {"image": 3}
+    for bad in ('{"video": 1}', '{"image": -1}', "image=2"):
+        with pytest.raises(ValueError, match="limit_mm_per_prompt"):
+            EngineArgs(model=str(tiny_llava_dir), limit_mm_per_prompt=bad).create_engine_config()
+
+
+def test_n_samples_of_an_image_prompt_share_its_image(llm):
+    params = SamplingParams(n=3, max_tokens=4, temperature=1.0, seed=0, ignore_eos=True)
+    prompt = {"prompt": "w5 <image> w6", "multi_modal_data": {"image": random_image(12)}}
+    before = llm.llm_engine.engine_core.scheduler.encoder_cache_manager.num_encoder_runs
+    out = llm.generate(prompt, params, use_tqdm=False)[0]
+    assert len(out.outputs) == 3
+    after = llm.llm_engine.engine_core.scheduler.encoder_cache_manager.num_encoder_runs
+    assert after - before == 1  # three samples, one picture, one encoder run
