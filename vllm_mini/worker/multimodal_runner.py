@@ -51,6 +51,8 @@ class MultiModalRunnerMixin:
         self, so: SchedulerOutput, req_ids: list[str], input_ids: torch.Tensor
     ) -> torch.Tensor | None:
         """Steps 3-4: inputs_embeds [T, hidden] for the flat batch, or None if it has no image."""
+        if not self.encoder_cache:
+            return None  # a text-only model, or no image yet: nothing to merge (no per-row loop)
         rows: list[torch.Tensor] = []
         is_mm = np.zeros(input_ids.shape[0], dtype=bool)  # [T]
         flat_start = 0
