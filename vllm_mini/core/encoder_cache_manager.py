@@ -153,7 +153,9 @@ class EncoderSchedule:
             self.num_planned += sum(request.mm_features[i].num_embeds for i in chosen)
         return num_new
 
-    def commit(self, requests: dict[str, Request], scheduled: dict[str, int]) -> dict:
+    def commit(
+        self, requests: dict[str, Request], scheduled: dict[str, int]
+    ) -> dict[str, list[int]]:
         """req_id -> image indices to encode, for the requests scheduled in the end."""
         inputs = {r: chosen for r, chosen in self.inputs.items() if r in scheduled}
         for req_id, chosen in inputs.items():
