@@ -142,3 +142,36 @@ def test_prefix_cache_hits_for_the_same_image_and_misses_for_another(tiny_llava_
     assert list(same.outputs[0].token_ids) == list(a.outputs[0].token_ids)
     assert list(other.outputs[0].token_ids) == hf_greedy(hf, prompt, [second])
     assert_clean(llm)
+
+
+def test_a_one_image_encoder_cache_evicts_and_the_runner_drops_what_was_evicted(
+    tiny_llava_dir, expected
+):
+    # Encoder budget and cache = 16 embeddings: one image's output at a time.
+    llm = LLM(
+        str(tiny_llava_dir), kv_cache_memory_bytes=1 << 22, max_num_batched_tokens=TOKENS_PER_IMAGE
+    )
+    assert run(llm, CASES) == expected
+    runner = llm.llm_engine.engine_core.worker.model_runner
+    cache = llm.llm_engine.engine_core.scheduler.encoder_cache_manager
+    assert cache.num_encoder_runs == 4
+    assert len(runner.encoder_cache) <= 1  # evicted outputs were dropped by the runner too
+    assert set(runner.encoder_cache) == set(cache.cached)
+    assert_clean(llm)
+
+
+def test_aborting_an_image_request_mid_prefill_frees_its_blocks_and_cache_refs(
+    tiny_llava_dir, expected
+):
+    llm = LLM(str(tiny_llava_dir), kv_cache_memory_bytes=1 << 22, max_num_batched_tokens=5)
+    engine = llm.llm_engine
+    prompt, images = CASES[3]
+    engine.add_request("doomed", request(prompt, images), GREEDY)
+    for _ in range(5):  # 25 of its 34 prompt tokens: in the middle of the image span
+        engine.step()
+    sched = engine.engine_core.scheduler
+    assert any(sched.encoder_cache_manager.cached.values())  # its image is referenced now
+    engine.abort_request("doomed")
+    engine.step()
+    assert_clean(llm)
+    assert run(llm, CASES[:1]) == expected[:1]  # and the engine keeps serving
