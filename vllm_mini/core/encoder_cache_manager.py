@@ -22,6 +22,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from vllm_mini.config import VllmConfig
+from vllm_mini.multimodal import MULTIMODAL_REGISTRY
+
 if TYPE_CHECKING:
     from vllm_mini.request import Request
 
@@ -36,6 +39,16 @@ class EncoderCacheManager:
         self.freeable: OrderedDict[str, int] = OrderedDict()
         self.freed: list[str] = []  # evicted since the last SchedulerOutput
         self.num_encoder_runs = 0  # entries ever allocated = images the encoder ran on
+
+    @staticmethod
+    def compute_budget(vllm_config: VllmConfig) -> int:
+        """Embeddings the encoder may produce per step, also the cache size (vLLM's defaults in
+        compute_mm_encoder_budget: the step's token budget, but never less than one image, or a
+        large image could never run)."""
+        per_item = MULTIMODAL_REGISTRY.get_max_tokens_per_item(vllm_config.model_config)
+        if per_item == 0:
+            return 0  # a text-only model
+        return max(vllm_config.scheduler_config.max_num_batched_tokens, per_item)
 
     @property
     def num_freeable_slots(self) -> int:
@@ -162,11 +175,3 @@ class EncoderSchedule:
             for i in chosen:
                 self.manager.allocate(requests[req_id], i)
         return inputs
-
-
-def compute_encoder_budget(max_num_batched_tokens: int, max_tokens_per_item: int) -> int:
-    """Embeddings the encoder may produce per step, also the cache size (vLLM's defaults: the
-    step's token budget, but never less than one image, or a large image could never run)."""
-    if max_tokens_per_item == 0:
-        return 0  # a text-only model
-    return max(max_num_batched_tokens, max_tokens_per_item)

@@ -27,11 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vllm_mini.config import VllmConfig
-from vllm_mini.core.encoder_cache_manager import (
-    EncoderCacheManager,
-    EncoderSchedule,
-    compute_encoder_budget,
-)
+from vllm_mini.core.encoder_cache_manager import EncoderCacheManager, EncoderSchedule
 from vllm_mini.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm_mini.core.sched.output import (
     CachedRequestData,
@@ -43,7 +39,6 @@ from vllm_mini.core.sched.output import (
 )
 from vllm_mini.core.sched.request_queue import create_request_queue
 from vllm_mini.logger import init_logger
-from vllm_mini.multimodal import MULTIMODAL_REGISTRY
 from vllm_mini.request import Request, RequestStatus
 from vllm_mini.spec_decode.metrics import SpecDecodingStats
 
@@ -97,10 +92,7 @@ class Scheduler:
             self.num_spec_tokens if spec is not None and spec.method == "draft_model" else 0
         )
         # Stage 10: images' encoder outputs, cached by content hash (core/encoder_cache_manager.py).
-        self.encoder_budget = compute_encoder_budget(
-            self.max_num_scheduled_tokens,
-            MULTIMODAL_REGISTRY.get_max_tokens_per_item(vllm_config.model_config),
-        )
+        self.encoder_budget = EncoderCacheManager.compute_budget(vllm_config)
         self.encoder_cache_manager = EncoderCacheManager(self.encoder_budget)
         # Counters since start-up (the /metrics counters and the benchmark read these).
         self.spec_decoding_stats = SpecDecodingStats(self.num_spec_tokens) if spec else None
