@@ -5,7 +5,9 @@ ref count and its hash while it sits cached in the free queue) and of kv_cache_m
 request's block table, logical block i -> physical block). Pure functions from a StepTrace to an
 HTML string, so tests can check them without Streamlit. Stage 11: the slots that rejected draft
 tokens wrote this step are hatched as "rolled back" (vllm/v1/core/sched/scheduler.py
-`update_from_output` lowers num_computed_tokens past them). Next: step_views.py.
+`update_from_output` lowers num_computed_tokens past them). Stage 10: blocks holding image
+placeholder tokens carry a dark bar (their KV comes from image embeddings, and their prefix-cache
+key includes the image's hash, vllm/v1/core/kv_cache_utils.py). Next: step_views.py.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ CSS = """
   background: repeating-linear-gradient(45deg, #d33 0 2px, transparent 2px 5px); opacity: .8; }
 .kv-block[data-rolled-back] { outline: 2px dashed #d33; outline-offset: 1px; }
 .kv-legend .kv-cell { width: 22px; height: 16px; display: inline-block; line-height: 16px; }
+.kv-block[data-image-slots], .kv-cell[data-image-slots] { box-shadow: inset 0 -5px 0 #222; }
 </style>
 """
 
@@ -82,6 +85,23 @@ def _background(owner_ids: list[str], colors: dict[str, str]) -> str:
     return f"repeating-linear-gradient(135deg, {', '.join(stops)})"
 
 
+def image_slots(spans: list[list[int]], logical: int, block_size: int) -> int:
+    """How many positions of logical block `logical` are image placeholder tokens (stage 10)."""
+    start, end = logical * block_size, (logical + 1) * block_size
+    return sum(max(0, min(end, o + n) - max(start, o)) for o, n in spans)
+
+
+def image_slots_by_block(step: StepTrace, block_size: int) -> dict[int, int]:
+    """Physical block id -> image placeholder slots in it (a shared block counts them once)."""
+    slots: dict[int, int] = {}
+    for r in step.requests:
+        for logical, physical in enumerate(r.block_ids):
+            n = image_slots(r.image_spans, logical, block_size)
+            if n:
+                slots[physical] = max(slots.get(physical, 0), n)
+    return slots
+
+
 def rolled_back_by_block(step: StepTrace, block_size: int) -> dict[int, int]:
     """Physical block id -> slots in it that rejected drafts wrote this step (stage 11)."""
     rolled: dict[int, int] = {}
@@ -102,6 +122,7 @@ def block_grid_html(step: StepTrace, colors: dict[str, str], block_size: int = 0
     """
     owners = block_owners(step)
     rolled = rolled_back_by_block(step, block_size) if block_size else {}
+    images = image_slots_by_block(step, block_size) if block_size else {}
     cells = []
     for block_id, (state, ref_cnt, block_hash) in enumerate(step.blocks):
         owner_ids = owners.get(block_id, [])
@@ -123,6 +144,9 @@ def block_grid_html(step: StepTrace, colors: dict[str, str], block_size: int = 0
             slots = "slot" if rolled[block_id] == 1 else "slots"
             title += f", {rolled[block_id]} {slots} rolled back (rejected drafts)"
             extra = f' data-rolled-back="{rolled[block_id]}"'
+        if block_id in images:
+            title += f", {images[block_id]} image placeholder slots"
+            extra += f' data-image-slots="{images[block_id]}"'
         cells.append(
             f'<div class="kv-block kv-{escape(state)}" data-block-id="{block_id}" '
             f'data-state="{escape(state)}" data-ref-cnt="{ref_cnt}"{extra} title="{escape(title)}"'
@@ -136,7 +160,7 @@ def block_grid_html(step: StepTrace, colors: dict[str, str], block_size: int = 0
     )
 
 
-def legend_html() -> str:
+def legend_html(has_images: bool = False) -> str:
     items = [
         ("kv-owned", "owned by a request (color), ×n = ref count of a shared block", "#4e79a7"),
         ("kv-cached", "free but cached: its hash can still be hit by the prefix cache", ""),
@@ -146,6 +170,12 @@ def legend_html() -> str:
     for cls, text, color in items:
         style = f' style="background: {color}"' if color else ""
         parts.append(f'<span><span class="kv-block {cls}"{style}></span> {escape(text)}</span>')
+    if has_images:
+        text = "dark bar: holds image placeholder tokens (the image's hash joins the block's key)"
+        parts.append(
+            f'<span><span class="kv-block kv-owned" data-image-slots="1" '
+            f'style="background: #4e79a7"></span> {escape(text)}</span>'
+        )
     return f'<div class="kv-legend">{"".join(parts)}</div>'
 
 
@@ -209,9 +239,13 @@ def block_tables_html(step: StepTrace, block_size: int, colors: dict[str, str]) 
             title = f"logical {logical} -> physical {physical}: {filled}/{block_size} slots{shared}"
             rolled = rolled_back_slots(computed, rejected, logical, block_size)
             overlay, data = "", ""
+            num_image = image_slots(request.image_spans, logical, block_size)
+            if num_image:
+                title += f"; {num_image} image placeholder slots"
+                data = f' data-image-slots="{num_image}"'
             if rolled:
                 title += f"; {len(rolled)} rolled back ({summary})"
-                data = f' data-rolled-back="{len(rolled)}"'
+                data += f' data-rolled-back="{len(rolled)}"'
                 overlay = (
                     f'<div class="kv-rolled" style="left: {100 * rolled.start // block_size}%; '
                     f'width: {100 * len(rolled) // block_size}%"></div>'

@@ -75,7 +75,7 @@ def build_llm(model: str | None, engine_kwargs: dict[str, object]) -> LLM:
 
 def record_trace(
     llm: LLM,
-    prompts: list[str],
+    prompts: list[str | dict],
     settings: RunSettings,
     max_steps: int = 5000,
     on_step: Callable[[int, int], None] | None = None,
@@ -93,7 +93,7 @@ def record_trace(
         raise ValueError("the engine still has requests in flight; use a fresh LLM")
     engine.reset_prefix_cache()
     recorder = TraceRecorder(engine)
-    recorder.trace.settings = {**asdict(settings), "prompts": list(prompts)}
+    recorder.trace.settings = {**asdict(settings), "prompts": [_describe(p) for p in prompts]}
     engine.trace_recorder = recorder
     added: list[str] = []
     try:
@@ -124,3 +124,13 @@ def record_trace(
         # After an error (a prompt too long for the cache...), leave the engine empty for reuse.
         engine.abort_request(added)
     return recorder.trace
+
+
+def _describe(prompt: str | dict) -> str:
+    """A prompt as the trace's JSON keeps it: a dict prompt (stage 10: with multi_modal_data, whose
+    images are not JSON) becomes its text and a note of how many images it carried."""
+    if isinstance(prompt, str):
+        return prompt
+    images = (prompt.get("multi_modal_data") or {}).get("image", [])
+    count = len(images) if isinstance(images, (list, tuple)) else 1
+    return f"{prompt.get('prompt', '')} [+{count} image(s)]" if count else prompt.get("prompt", "")

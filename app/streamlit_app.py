@@ -125,7 +125,8 @@ def kv_views(trace: Trace, index: int, colors: dict[str, str]) -> None:
     step = trace.steps[index]
     counts = {s: sum(1 for b in step.blocks if b[0] == s) for s in ("owned", "cached", "free")}
     st.subheader("Physical KV blocks (the block pool)")
-    st.html(CSS + legend_html() + block_grid_html(step, colors, trace.block_size))
+    has_images = any(r.image_spans for r in step.requests)  # stage 10
+    st.html(CSS + legend_html(has_images) + block_grid_html(step, colors, trace.block_size))
     st.caption(
         f"{len(step.blocks)} blocks of {trace.block_size} token slots: {counts['owned']} owned, "
         f"{counts['cached']} cached-free, {counts['free']} free. Blocks are handed out one at a "

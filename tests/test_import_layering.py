@@ -40,6 +40,9 @@ LAYERS: dict[str, int] = {
     "attention": 2,
     "forward_context": 2,
     "distributed": 2,
+    # 2 also: multimodal inputs (stage 10): images, their hashes and placeholder spans, the
+    # processors that expand prompts; the models and the scheduler read them.
+    "multimodal": 2,
     # 3 model definitions, layers, weight loading.
     "model_executor": 3,
     # 3 also: torch.compile of a model and its CUDA-graph runner (stage 6).

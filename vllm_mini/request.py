@@ -17,6 +17,7 @@ from vllm_mini.structured_output.request import StructuredOutputRequest
 
 if TYPE_CHECKING:
     from vllm_mini.engine import EngineCoreRequest
+    from vllm_mini.multimodal.inputs import MultiModalFeatureSpec
     from vllm_mini.sampling_params import SamplingParams
 
 
@@ -66,6 +67,7 @@ class Request:
         block_hasher: Callable[[Request], list[Any]] | None = None,
         lora_int_id: int = 0,
         cache_salt: str | None = None,
+        mm_features: list[MultiModalFeatureSpec] | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -75,6 +77,8 @@ class Request:
         self.priority = priority
         self.lora_int_id = lora_int_id
         self.cache_salt = cache_salt
+        # The prompt's images, in prompt order (stage 10); their hashes join the block hashes.
+        self.mm_features = list(mm_features or [])
         self.status = RequestStatus.WAITING
         # Stage 13: the request's output constraint and, once compiled, its grammar cursor.
         self.structured_output_request = (
@@ -120,6 +124,7 @@ class Request:
             block_hasher=block_hasher,
             lora_int_id=request.lora_request.lora_int_id if request.lora_request else 0,
             cache_salt=request.cache_salt,
+            mm_features=request.mm_features,
         )
 
     @property

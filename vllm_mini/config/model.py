@@ -7,6 +7,7 @@ what the model allows. Next: cache.py.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,10 @@ class ModelConfig:
     # with dtype="auto" runs "gguf" (its blocks stay quantized, float32 activations); an explicit
     # float dtype (dtype="float32" or "bfloat16") with quantization=None loads it dequantized.
     quantization: str | None = None
+    # Stage 10 (multimodal models): the most items of each modality one prompt may carry, e.g.
+    # {"image": 2} (a JSON string on the CLI), and the directory file:// image URLs may read from.
+    limit_mm_per_prompt: dict[str, int] | str | None = None
+    allowed_local_media_path: str | None = None
     # Filled in __post_init__.
     source: ModelSource = field(init=False)
     hf_config: Any = field(init=False, repr=False)
@@ -72,6 +77,7 @@ class ModelConfig:
         self.max_model_len = self._resolve_max_model_len(self.max_model_len)
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        self.limit_mm_per_prompt = _parse_mm_limits(self.limit_mm_per_prompt)
         if not 0 <= self.max_logprobs <= 20:
             raise ValueError(f"max_logprobs must be in [0, 20], got {self.max_logprobs}")
 
@@ -111,7 +117,7 @@ class ModelConfig:
         return quantization
 
     def _resolve_max_model_len(self, max_model_len: int | None) -> int:
-        limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048
+        limit = getattr(self.hf_text_config, "max_position_embeddings", None) or 2048
         if max_model_len is None:
             return int(limit)
         if not isinstance(max_model_len, int) or not 1 <= max_model_len <= limit:
@@ -127,22 +133,46 @@ class ModelConfig:
         return (getattr(self.hf_config, "architectures", None) or ["LlamaForCausalLM"])[0]
 
     @property
+    def hf_text_config(self) -> Any:
+        """The language model's config: a vision-language config nests it (vLLM's same name)."""
+        return getattr(self.hf_config, "text_config", None) or self.hf_config
+
+    @property
     def vocab_size(self) -> int:
-        return self.hf_config.vocab_size
+        return self.hf_text_config.vocab_size
 
     @property
     def num_layers(self) -> int:
-        return self.hf_config.num_hidden_layers
+        return self.hf_text_config.num_hidden_layers
 
     @property
     def num_heads(self) -> int:
-        return self.hf_config.num_attention_heads
+        return self.hf_text_config.num_attention_heads
 
     @property
     def num_kv_heads(self) -> int:
-        return getattr(self.hf_config, "num_key_value_heads", None) or self.num_heads
+        return getattr(self.hf_text_config, "num_key_value_heads", None) or self.num_heads
 
     @property
     def head_size(self) -> int:
-        head_dim = getattr(self.hf_config, "head_dim", None)
-        return head_dim or self.hf_config.hidden_size // self.num_heads
+        head_dim = getattr(self.hf_text_config, "head_dim", None)
+        return head_dim or self.hf_text_config.hidden_size // self.num_heads
+
+
+def _parse_mm_limits(limits: dict[str, int] | str | None) -> dict[str, int] | None:
+    if isinstance(limits, str):
+        try:
+            limits = json.loads(limits)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'limit_mm_per_prompt must be JSON like {{"image": 2}}: {e}') from e
+    if limits is None:
+        return None
+    if not isinstance(limits, dict) or any(
+        k != "image" or not isinstance(v, int) or isinstance(v, bool) or v < 0
+        for k, v in limits.items()
+    ):
+        raise ValueError(
+            f'limit_mm_per_prompt must map "image" to an int >= 0, e.g. {{"image": 2}}; got '
+            f"{limits!r}"
+        )
+    return limits

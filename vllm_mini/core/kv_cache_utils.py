@@ -40,26 +40,37 @@ def get_request_block_hasher(block_size: int) -> Callable[[Request], list[BlockH
     """Return a function computing the hashes of a request's newly FULL blocks.
 
     Extra keys make otherwise equal tokens distinct: a LoRA adapter changes every layer's KV, so its
-    id is part of the key (later stages add multimodal input hashes the same way).
+    id is part of the key, and so are the content hashes of the images a block holds (stage 10).
     """
 
     def hasher(request: Request) -> list[BlockHash]:
         start = len(request.block_hashes)
         num_full = request.num_tokens // block_size
-        extra = (request.lora_int_id,) if request.lora_int_id else None
         parent = request.block_hashes[-1] if request.block_hashes else None
         new_hashes = []
         tokens = request.all_token_ids
         for i in range(start, num_full):
-            keys = extra
-            if i == 0 and request.cache_salt is not None:
-                # Salting the first block is enough: every later hash chains from it.
-                keys = (*(extra or ()), request.cache_salt)
+            keys = generate_block_hash_extra_keys(request, i * block_size, (i + 1) * block_size)
             parent = hash_block_tokens(parent, tokens[i * block_size : (i + 1) * block_size], keys)
             new_hashes.append(parent)
         return new_hashes
 
     return hasher
+
+
+def generate_block_hash_extra_keys(request: Request, start: int, end: int) -> tuple | None:
+    """What besides its tokens decides the KV of positions [start, end): the LoRA id, the
+    identifiers of the images whose placeholder spans overlap the block, and (first block only)
+    the cache salt. An image's placeholder tokens are all the same id, so without its hash two
+    different pictures would produce equal block hashes and share KV (vLLM: same function)."""
+    keys: list = [request.lora_int_id] if request.lora_int_id else []
+    for feature in request.mm_features:
+        if feature.mm_position.overlap(start, end) is not None:
+            keys.append(feature.identifier)
+    if start == 0 and request.cache_salt is not None:
+        # Salting the first block is enough: every later hash chains from it.
+        keys.append(request.cache_salt)
+    return tuple(keys) or None
 
 
 @dataclass(eq=False)

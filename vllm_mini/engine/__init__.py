@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vllm_mini.lora.request import LoRARequest
+from vllm_mini.multimodal.inputs import MultiModalFeatureSpec
 from vllm_mini.sampling_params import SamplingParams
 
 
@@ -33,3 +34,5 @@ class EngineCoreRequest:
     # Joins the first block's prefix-cache hash: only requests with the same salt share blocks
     # (vLLM's cache_salt, against timing attacks that probe what others have cached).
     cache_salt: str | None = None
+    # Stage 10: the prompt's images (placeholder spans, content hashes, pixel values).
+    mm_features: list[MultiModalFeatureSpec] | None = None

@@ -50,6 +50,8 @@ _HELP = {
     "quantization": "weight quantization method (gguf, fp8, compressed-tensors, gptq, awq); "
     "default: the checkpoint's own, and gguf for a .gguf model with --dtype auto (pass --dtype "
     "float32 to run a .gguf model dequantized)",
+    "limit_mm_per_prompt": 'most images per prompt, as JSON: {"image": 2} (multimodal models)',
+    "allowed_local_media_path": "directory that file:// image URLs may read (default: none)",
     "enforce_eager": "never compile the model or capture CUDA graphs",
     "enable_lora": "serve LoRA adapters (LoRARequest per request; --lora-modules on the server)",
     "max_loras": "most distinct LoRA adapters in one step (each takes a slot in every layer)",
@@ -79,6 +81,8 @@ class EngineArgs:
     served_model_name: str | None = ModelConfig.served_model_name
     enforce_eager: bool = ModelConfig.enforce_eager
     quantization: str | None = ModelConfig.quantization
+    limit_mm_per_prompt: dict | str | None = ModelConfig.limit_mm_per_prompt
+    allowed_local_media_path: str | None = ModelConfig.allowed_local_media_path
     # CacheConfig
     block_size: int = CacheConfig.block_size
     kv_cache_memory_bytes: int | None = CacheConfig.kv_cache_memory_bytes
@@ -153,6 +157,8 @@ class EngineArgs:
                 served_model_name=self.served_model_name,
                 enforce_eager=self.enforce_eager,
                 quantization=self.quantization,
+                limit_mm_per_prompt=self.limit_mm_per_prompt,
+                allowed_local_media_path=self.allowed_local_media_path,
             ),
             cache_config=CacheConfig(
                 block_size=self.block_size,

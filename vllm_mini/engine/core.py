@@ -12,7 +12,7 @@ Next: llm_engine.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vllm_mini.attention.selector import apply_backend_constraints
 from vllm_mini.config import VllmConfig
@@ -35,6 +35,8 @@ class RequestSnapshot:
     num_tokens: int
     num_computed_tokens: int
     block_ids: list[int]  # logical block i -> physical block block_ids[i]
+    # Stage 10: [offset, length] of each image's placeholder span in the prompt.
+    image_spans: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +133,7 @@ class EngineCore:
                 num_tokens=r.num_tokens,
                 num_computed_tokens=r.num_computed_tokens,
                 block_ids=kv.get_block_ids(r.request_id),
+                image_spans=[[f.mm_position.offset, f.mm_position.length] for f in r.mm_features],
             )
             for r in [*scheduler.running, *scheduler.waiting]
         ]

@@ -113,6 +113,7 @@ class LLMEngine:
                 priority=request.priority,
                 lora_request=request.lora_request,
                 cache_salt=request.cache_salt,
+                mm_features=request.mm_features,
             )
             self.output_processor.add_request(parent, child.request_id, index, child_params)
             children.append(child)

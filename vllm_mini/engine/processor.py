@@ -23,6 +23,7 @@ from vllm_mini.config import VllmConfig
 from vllm_mini.engine import EngineCoreRequest
 from vllm_mini.lora.lora_model import LoRAModel, expected_lora_shapes
 from vllm_mini.lora.request import LoRARequest
+from vllm_mini.multimodal import MULTIMODAL_REGISTRY
 from vllm_mini.sampling_params import SamplingParams
 from vllm_mini.structured_output import validate_structured_output_params
 
@@ -73,6 +74,7 @@ class Processor:
         self.lora_config = vllm_config.lora_config
         self.structured_outputs_backend = vllm_config.structured_outputs_config.resolved_backend
         self._checked_loras: dict[int, LoRARequest] = {}  # adapters already read and checked
+        self._mm_processor = None  # built on the first request with images (stage 10)
 
     def check_lora(self, lora_request: LoRARequest | None) -> None:
         """A bad adapter is the caller's error, raised here before anything is queued: the core
@@ -141,6 +143,7 @@ class Processor:
             raise ValueError(f"priority must be an int, got {priority!r}")
         self.check_lora(lora_request)
         prompt_text, prompt_ids = self.tokenize_prompt(prompt)
+        prompt_ids, mm_features = self.process_multimodal(prompt, prompt_ids, params)
         keep = params.truncate_prompt_tokens
         if keep is not None:  # the prompt's *end* is what the next token depends on most
             keep = self.model_config.max_model_len if keep == -1 else keep
@@ -159,8 +162,36 @@ class Processor:
             priority=priority,
             lora_request=lora_request,
             cache_salt=cache_salt,
+            mm_features=mm_features,
         )
         return prompt_text, request
+
+    @property
+    def image_placeholder(self) -> str | None:
+        """The text a chat message's image part becomes; None for a text-only model."""
+        if not MULTIMODAL_REGISTRY.supports_multimodal_inputs(self.model_config):
+            return None
+        return self._get_mm_processor().image_placeholder
+
+    def _get_mm_processor(self):
+        if self._mm_processor is None:  # raises for a text-only model
+            self._mm_processor = MULTIMODAL_REGISTRY.create_processor(
+                self.model_config, self.tokenizer
+            )
+        return self._mm_processor
+
+    def process_multimodal(
+        self, prompt: PromptType, prompt_ids: list[int], params: SamplingParams
+    ) -> tuple[list[int], list | None]:
+        """Stage 10: expand image placeholders and process the images of a prompt dict's
+        "multi_modal_data" (multimodal/processing.py); prompts without it pass through."""
+        mm_data = prompt.get("multi_modal_data") if isinstance(prompt, dict) else None
+        if mm_data is None:
+            return prompt_ids, None
+        if params.truncate_prompt_tokens is not None:
+            raise ValueError("truncate_prompt_tokens cannot be used with multi_modal_data")
+        processed = self._get_mm_processor().apply(prompt_ids, mm_data)
+        return processed.prompt_token_ids, processed.mm_features
 
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> SamplingParams:
         """Check the request against the model; return a copy with max_tokens and EOS filled in."""

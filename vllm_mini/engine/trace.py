@@ -43,6 +43,8 @@ class RequestTrace:
     accepted_tokens: int = 0  # drafts the rejection sampler kept (tokens generated - 1)
     # Drafts rejected: their KV sits in slots num_computed_tokens .. + rejected_tokens - 1.
     rejected_tokens: int = 0
+    # Stage 10: [offset, length] of each image's placeholder span (the core snapshot's field).
+    image_spans: list[list[int]] = field(default_factory=list)
 
 
 @dataclass

@@ -5,16 +5,22 @@ Stage 0/12. Mirrors vllm/entrypoints/chat_utils.py. Both front doors go through 
 messages become the same token ids either way. Three steps: `parse_chat_messages` turns message
 objects or dicts into the plain turns a template reads; `apply_chat_template` runs the tokenizer's
 template (a Jinja program shipped with the model); `encode_prompt` tokenizes without a second BOS.
+Image parts (stage 10, multimodal models only) are loaded here and replaced in the text by the
+model's placeholder token; the images travel beside the prompt as its multi_modal_data.
 Next: llm.py (offline) or openai/serving_engine.py (server).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import jinja2
+from PIL import Image
 from transformers import PreTrainedTokenizerBase
+
+from vllm_mini.multimodal.image import check_image, load_image_url
 
 # One turn as a chat template reads it: {"role": ..., "content": str}, sometimes "name".
 ConversationMessage = dict[str, Any]
@@ -27,23 +33,60 @@ class ChatPrompt(TypedDict):
     prompt_token_ids: list[int]
 
 
-def content_text(content: str | list[Any] | None) -> str:
-    """A message's content as one string: text parts are joined with newlines, as vLLM does."""
+class MultiModalChatPrompt(ChatPrompt, total=False):
+    multi_modal_data: dict[str, list[Image.Image]]  # stage 10: the conversation's images
+
+
+@dataclass
+class ChatMedia:
+    """How a multimodal model reads image parts: its placeholder text, and where file:// URLs
+    may point (None: nowhere). `images` collects the conversation's images in order."""
+
+    placeholder: str
+    allowed_local_media_path: str | None = None
+    images: list[Image.Image] = field(default_factory=list)
+
+    def load(self, part: Mapping) -> None:
+        if part.get("type") == "image_pil":  # vLLM's offline-only part: a PIL image itself
+            self.images.append(check_image(part.get("image_pil")))
+            return
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, Mapping) else url
+        if not isinstance(url, str):
+            raise ValueError(f'image_url parts need {{"image_url": {{"url": str}}}}, got {part!r}')
+        self.images.append(load_image_url(url, self.allowed_local_media_path))
+
+
+def content_text(content: str | list[Any] | None, media: ChatMedia | None = None) -> str:
+    """A message's content as one string: text parts are joined with newlines, as vLLM does.
+    Each image part becomes the model's placeholder; they go first, one per line (vLLM's
+    layout for a model whose chat template has no image slot)."""
     if content is None or isinstance(content, str):
         return content or ""
-    texts = []
+    texts, num_images = [], 0
     for part in content:
-        is_text = isinstance(part, Mapping) and part.get("type") == "text"
-        if not is_text or not isinstance(part.get("text"), str):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind in ("image_url", "image_pil"):
+            if media is None:
+                raise ValueError(
+                    f"content parts must be text for this text-only model; {kind} parts need a "
+                    "multimodal model"
+                )
+            media.load(part)
+            num_images += 1
+            continue
+        if kind != "text" or not isinstance(part.get("text"), str):
             raise ValueError(
-                'content parts must be {"type": "text", "text": str}; vllm_mini is text-only, '
-                f"got {part!r}"
+                'content parts must be {"type": "text", "text": str} or, for a multimodal '
+                f'model, {{"type": "image_url", "image_url": {{"url": ...}}}}; got {part!r}'
             )
         texts.append(part["text"])
-    return "\n".join(texts)
+    return "\n".join([media.placeholder] * num_images + texts) if num_images else "\n".join(texts)
 
 
-def parse_chat_messages(messages: Iterable[Any]) -> list[ConversationMessage]:
+def parse_chat_messages(
+    messages: Iterable[Any], media: ChatMedia | None = None
+) -> list[ConversationMessage]:
     """Message dicts, or objects with role/content/name (the server's ChatMessage) -> turns."""
     conversation: list[ConversationMessage] = []
     for message in messages:
@@ -52,9 +95,9 @@ def parse_chat_messages(messages: Iterable[Any]) -> list[ConversationMessage]:
                 raise ValueError(f"every chat message needs a 'role', got {dict(message)!r}")
             # Other keys stay: some templates read more than role and content.
             turn = dict(message)
-            turn["content"] = content_text(message.get("content"))
+            turn["content"] = content_text(message.get("content"), media)
         else:
-            turn = {"role": message.role, "content": content_text(message.content)}
+            turn = {"role": message.role, "content": content_text(message.content, media)}
             if getattr(message, "name", None):
                 turn["name"] = message.name
         conversation.append(turn)
@@ -102,9 +145,10 @@ def render_chat(
     add_generation_prompt: bool = True,
     chat_template: str | None = None,
     tools: list[dict[str, Any]] | None = None,
-) -> ChatPrompt:
-    """All three steps: messages -> turns -> template text -> token ids."""
-    conversation = parse_chat_messages(messages)
+    media: ChatMedia | None = None,
+) -> MultiModalChatPrompt:
+    """All three steps: messages -> turns -> template text -> token ids (+ the images)."""
+    conversation = parse_chat_messages(messages, media)
     text = apply_chat_template(
         tokenizer,
         conversation,
@@ -112,6 +156,9 @@ def render_chat(
         chat_template=chat_template,
         tools=tools,
     )
-    return ChatPrompt(
+    prompt = MultiModalChatPrompt(
         prompt=text, prompt_token_ids=encode_prompt(tokenizer, text, from_chat_template=True)
     )
+    if media is not None and media.images:
+        prompt["multi_modal_data"] = {"image": media.images}
+    return prompt

@@ -18,7 +18,7 @@ from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.llm_engine import LLMEngine
 from vllm_mini.engine.processor import PromptType
 from vllm_mini.entrypoints.beam_search import BeamSearchOutput, BeamSearchParams
-from vllm_mini.entrypoints.chat_utils import render_chat
+from vllm_mini.entrypoints.chat_utils import ChatMedia, render_chat
 from vllm_mini.lora.request import LoRARequest
 from vllm_mini.outputs import RequestOutput
 from vllm_mini.sampling_params import RequestOutputKind, SamplingParams
@@ -113,10 +113,19 @@ class LLM:
                 conversation,
                 add_generation_prompt=add_generation_prompt,
                 chat_template=chat_template,
+                media=self._chat_media(),
             )
             for conversation in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+
+    def _chat_media(self) -> ChatMedia | None:
+        """Where a conversation's image parts go (stage 10); None for a text-only model."""
+        placeholder = self.llm_engine.processor.image_placeholder
+        if placeholder is None:
+            return None
+        media_path = self.llm_engine.vllm_config.model_config.allowed_local_media_path
+        return ChatMedia(placeholder, media_path)
 
     def beam_search(
         self, prompts: list[PromptType], params: BeamSearchParams

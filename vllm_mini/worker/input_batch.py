@@ -38,6 +38,7 @@ class CachedRequestState:
     # prompt_logprobs gathered chunk by chunk: (ids, logprobs, ranks) rows, None when not wanted
     # (or already sent).
     prompt_logprobs: tuple[list, list, list] | None = None
+    mm_features: list = field(default_factory=list)  # its images (stage 10)
 
     @property
     def num_tokens(self) -> int:

@@ -49,13 +49,14 @@ from vllm_mini.model_executor.model_loader import get_model
 from vllm_mini.sampling_params import SamplingParams
 from vllm_mini.structured_output.utils import apply_grammar_bitmask
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
+from vllm_mini.worker.multimodal_runner import MultiModalRunnerMixin
 from vllm_mini.worker.prompt_logprobs import PromptLogprobsMixin
 from vllm_mini.worker.spec_decode_runner import SpecDecodeMixin, make_drafter
 
 __all__ = ["CachedRequestState", "ModelRunner", "compute_slot_mapping"]
 
 
-class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
+class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin, MultiModalRunnerMixin):
     def __init__(self, vllm_config: VllmConfig) -> None:
         self.vllm_config = vllm_config
         self.model_config = vllm_config.model_config
@@ -79,6 +80,7 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
         self.lora_manager: LoRAModelManager | None = None
         self.attn_layers: list[Attention] = []
         self._paused_generators: dict[str, torch.Generator] = {}
+        self.encoder_cache: dict[str, torch.Tensor] = {}  # image hash -> embeddings (stage 10)
 
     def load_model(self) -> None:
         model = get_model(self.vllm_config)
@@ -170,6 +172,7 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
                 output_token_ids=list(new.output_token_ids),
                 generator=generator,
                 lora_int_id=new.lora_int_id,
+                mm_features=new.mm_features,
                 # Only before the first output token: a request resumed after preemption has
                 # sent its prompt logprobs already.
                 prompt_logprobs=([], [], [])
@@ -261,7 +264,9 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
             self.lora_manager.set_batch(
                 batch.lora_ids_np[: len(req_ids)], meta.query_start_loc_cpu, meta.max_query_len
             )
-        hidden_states = self._run_model(input_ids, positions, meta)
+        self._execute_mm_encoder(so)  # stage 10: images in, their embeddings merged below
+        inputs_embeds = self._gather_mm_embeddings(so, req_ids, input_ids)
+        hidden_states = self._run_model(input_ids, positions, meta, inputs_embeds)
         self._gather_prompt_logprobs(hidden_states, meta, req_ids)
 
         # Only requests whose scheduled tokens reach their last known token sample; a partial
@@ -302,10 +307,17 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
         )
 
     def _run_model(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """hidden states [num_tokens, hidden]: eagerly, or padded through the static buffers."""
         set_static_forward_context(self.static_forward_context)
+        if inputs_embeds is not None:
+            with set_forward_context(meta):
+                return self._eager_model()(input_ids, positions, inputs_embeds)
         padded = None
         if self.cudagraph_runner is not None:
             padded = self.cudagraph_runner.prepare(input_ids, positions, meta)

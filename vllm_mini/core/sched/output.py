@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vllm_mini.multimodal.inputs import MultiModalFeatureSpec
 from vllm_mini.sampling_params import SamplingParams
 
 
@@ -25,6 +26,7 @@ class NewRequestData:
     block_ids: list[int]
     num_computed_tokens: int
     lora_int_id: int = 0  # the request's LoRA adapter (stage 9); 0: the base model
+    mm_features: list[MultiModalFeatureSpec] = field(default_factory=list)  # its images (stage 10)
 
 
 @dataclass
@@ -50,6 +52,10 @@ class SchedulerOutput:
     # req_id -> the draft tokens it verifies this step (stage 11); they follow its last token
     # and are counted in num_scheduled_tokens.
     scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
+    # Stage 10: req_id -> indices of its images to encode this step, and the content hashes
+    # whose encoder outputs the runner may drop (evicted from the encoder cache).
+    scheduled_encoder_inputs: dict[str, list[int]] = field(default_factory=dict)
+    free_encoder_mm_hashes: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

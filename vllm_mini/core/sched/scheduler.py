@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from vllm_mini.config import VllmConfig
+from vllm_mini.core.encoder_cache_manager import EncoderCacheManager, EncoderSchedule
 from vllm_mini.core.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from vllm_mini.core.sched.output import (
     CachedRequestData,
@@ -103,6 +104,9 @@ class Scheduler:
         self.num_lookahead_tokens = (
             self.num_spec_tokens if spec is not None and spec.method == "draft_model" else 0
         )
+        # Stage 10: images' encoder outputs, cached by content hash (core/encoder_cache_manager.py).
+        self.encoder_budget = EncoderCacheManager.compute_budget(vllm_config)
+        self.encoder_cache_manager = EncoderCacheManager(self.encoder_budget)
         # Counters since start-up (the /metrics counters and the benchmark read these).
         self.spec_decoding_stats = SpecDecodingStats(self.num_spec_tokens) if spec else None
         self.structured_output_manager = structured_output_manager or StructuredOutputManager(
@@ -137,6 +141,7 @@ class Scheduler:
 
     def _free_request(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
+        self.encoder_cache_manager.free(request)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
 
@@ -156,6 +161,7 @@ class Scheduler:
         preempted: list[Request] = []
         spec_tokens: dict[str, list[int]] = {}
         step_loras: set[int] = set()  # distinct adapters scheduled this step
+        encoder = EncoderSchedule(self.encoder_cache_manager, self.encoder_budget)
 
         # 1. Running requests first: they already hold KV blocks, finishing them frees memory.
         idx = 0
@@ -166,6 +172,11 @@ class Scheduler:
                 continue
             # With drafts: the last token plus as many drafts as the budget allows.
             num_new = min(request.num_tokens_with_spec - request.num_computed_tokens, token_budget)
+            # An image's tokens run only once its embeddings exist (or fit in this step's budget).
+            num_new = encoder.schedule(request, request.num_computed_tokens, num_new)
+            if num_new == 0:
+                idx += 1
+                continue
             blocks = self.kv_cache_manager.allocate_slots(
                 request, num_new, num_lookahead_tokens=self.num_lookahead_tokens
             )
@@ -230,7 +241,9 @@ class Scheduler:
             num_new = request.num_tokens - num_computed
             if num_new > token_budget and not self.enable_chunked_prefill:
                 break
-            num_new = min(num_new, token_budget)
+            num_new = encoder.schedule(request, num_computed, min(num_new, token_budget))
+            if num_new == 0:
+                break
             blocks = self.kv_cache_manager.allocate_slots(
                 request,
                 num_new,
@@ -265,6 +278,8 @@ class Scheduler:
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids={r.request_id for r in preempted},
             scheduled_spec_decode_tokens=spec_tokens,
+            scheduled_encoder_inputs=encoder.commit(self.requests, num_scheduled_tokens),
+            free_encoder_mm_hashes=self.encoder_cache_manager.get_freed_mm_hashes(),
         )
         self.finished_req_ids = set()
         # Advance optimistically: the runner will compute exactly these tokens this step.
@@ -308,6 +323,7 @@ class Scheduler:
         """Preemption by recomputation: drop the KV, keep the tokens, run them again later."""
         self.running.remove(request)
         self.kv_cache_manager.free(request)
+        self.encoder_cache_manager.free(request)  # outputs stay cached until evicted
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.spec_token_ids = []  # proposed from a state the runner is about to drop
@@ -324,6 +340,7 @@ class Scheduler:
             block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
             num_computed_tokens=request.num_computed_tokens,
             lora_int_id=request.lora_int_id,
+            mm_features=request.mm_features,
         )
 
     # ------------------------------------------------------------------ after the step
@@ -337,6 +354,8 @@ class Scheduler:
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # aborted or preempted while the step ran
             index = runner_output.req_id_to_index[req_id]
+            # Images whose placeholder tokens are all computed no longer need their output.
+            self.encoder_cache_manager.free(request, upto=request.num_computed_tokens)
             generated = runner_output.sampled_token_ids[index]
             if not generated:
                 continue  # a partial prefill chunk: nothing sampled yet

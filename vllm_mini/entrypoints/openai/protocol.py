@@ -256,10 +256,12 @@ class ChatMessage(OpenAIBaseModel):
     @classmethod
     def _check_parts(cls, content: Any) -> Any:
         for part in content if isinstance(content, list) else ():
+            if part.get("type") == "image_url":
+                continue  # loaded and checked when the chat is rendered (chat_utils.py)
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise ValueError(
-                    'content parts must be {"type": "text", "text": str}; this server is '
-                    f"text-only, got {part!r}"
+                    'content parts must be {"type": "text", "text": str} or {"type": '
+                    f'"image_url", "image_url": {{"url": ...}}}}, got {part!r}'
                 )
         return content
 

@@ -158,8 +158,19 @@ class OpenAIServing:
         tools: list[dict[str, Any]] | None = None,
     ) -> EnginePrompt:
         """Apply the tokenizer's chat template, exactly as LLM.chat does (chat_utils.py)."""
+        processor = self.engine.engine.processor
+        placeholder = processor.image_placeholder  # stage 10: image parts for multimodal models
+        media = None
+        if placeholder is not None:
+            media = chat_utils.ChatMedia(
+                placeholder, processor.model_config.allowed_local_media_path
+            )
         rendered = chat_utils.render_chat(
-            self.tokenizer, messages, add_generation_prompt=add_generation_prompt, tools=tools
+            self.tokenizer,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            media=media,
         )
         return EnginePrompt(**rendered)
 
