@@ -9,11 +9,15 @@ The runner answers with a ModelRunnerOutput: the sampled tokens per request. Nex
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vllm_mini.multimodal.inputs import MultiModalFeatureSpec
 from vllm_mini.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from vllm_mini.request import Request
 
 
 @dataclass
@@ -27,6 +31,20 @@ class NewRequestData:
     num_computed_tokens: int
     lora_int_id: int = 0  # the request's LoRA adapter (stage 9); 0: the base model
     mm_features: list[MultiModalFeatureSpec] = field(default_factory=list)  # its images (stage 10)
+
+    @classmethod
+    def from_request(cls, request: Request, block_ids: list[int]) -> NewRequestData:
+        """Everything the runner needs to (re)build a request it does not hold."""
+        return cls(
+            req_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            output_token_ids=list(request.output_token_ids),
+            sampling_params=request.sampling_params,
+            block_ids=block_ids,
+            num_computed_tokens=request.num_computed_tokens,
+            lora_int_id=request.lora_int_id,
+            mm_features=request.mm_features,
+        )
 
 
 @dataclass

@@ -12,17 +12,13 @@ whole prompt, a chunk of one, or the single token it just sampled). Every step:
   3. the step's decisions go to the model runner as a SchedulerOutput.
 After the runner returns, `update_from_output` appends sampled tokens and applies stop conditions.
 
-Speculative decoding (stage 11) adds one thing to "what a request still needs": its draft tokens.
-A decoding request with k drafts schedules 1 + k tokens (its last token, then the drafts), gets KV
-slots for all of them, and counts them as computed. When the runner reports that only a of the
-k were accepted, `num_computed_tokens` steps back by k - a: the rejected drafts' KV stays in
-slots the request already owns, beyond its computed length, where the next tokens overwrite it.
-No block is freed or leaked, and block hashes only ever cover real (accepted) tokens.
+Speculative decoding (stage 11): a request with k drafts schedules 1 + k tokens and gets KV slots
+for all of them; when only a are accepted, `num_computed_tokens` steps back by k - a. The stale
+KV sits in the request's own slots beyond its computed length, where the next tokens overwrite
+it: no block is leaked, and block hashes only cover accepted tokens.
 
-Structured outputs (stage 13) add a gate and a mask: a constrained request is admitted only once
-its grammar has compiled (it waits as WAITING_FOR_FSM; others pass it), `get_grammar_bitmask`
-gives the runner the allowed tokens of each constrained request, and the emitted tokens advance
-its grammar. Preemption keeps the tokens, so the grammar needs no rollback there.
+Structured outputs (stage 13): a constrained request waits as WAITING_FOR_FSM until its grammar
+compiles; `get_grammar_bitmask` masks its tokens; emitted tokens advance its grammar.
 Next: worker/model_runner.py.
 """
 
@@ -267,7 +263,10 @@ class Scheduler:
             self.waiting.prepend_request(request)  # back at the front, in their order
 
         output = SchedulerOutput(
-            scheduled_new_reqs=[self._new_request_data(r) for r in scheduled_new],
+            scheduled_new_reqs=[
+                NewRequestData.from_request(r, self.kv_cache_manager.get_block_ids(r.request_id))
+                for r in scheduled_new
+            ],
             scheduled_cached_reqs=CachedRequestData(
                 req_ids=[r.request_id for r in scheduled_running],
                 new_block_ids=[new_blocks[r.request_id].get_block_ids() for r in scheduled_running],
@@ -330,18 +329,6 @@ class Scheduler:
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.prepend_request(request)
-
-    def _new_request_data(self, request: Request) -> NewRequestData:
-        return NewRequestData(
-            req_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=list(request.output_token_ids),
-            sampling_params=request.sampling_params,
-            block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
-            num_computed_tokens=request.num_computed_tokens,
-            lora_int_id=request.lora_int_id,
-            mm_features=request.mm_features,
-        )
 
     # ------------------------------------------------------------------ after the step
     def update_from_output(
