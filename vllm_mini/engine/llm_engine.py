@@ -193,3 +193,7 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> bool:
         return self.engine_core.reset_prefix_cache()
+
+    def shutdown(self) -> None:
+        """Stop the engine core's workers (stage 8); safe to call twice."""
+        self.engine_core.shutdown()

@@ -38,6 +38,7 @@ from vllm_mini.core.sched.output import (
     NewRequestData,
     SchedulerOutput,
 )
+from vllm_mini.distributed import get_pp_group
 from vllm_mini.forward_context import set_forward_context
 from vllm_mini.lora.model_manager import LoRAModelManager
 from vllm_mini.model_executor.layers.rejection_sampler import RejectionSampler
@@ -45,13 +46,14 @@ from vllm_mini.model_executor.layers.sampler import Sampler
 from vllm_mini.model_executor.model_loader import get_model
 from vllm_mini.sampling_params import SamplingParams
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
+from vllm_mini.worker.pipeline_parallel import PipelineParallelMixin
 from vllm_mini.worker.prompt_logprobs import PromptLogprobsMixin
 from vllm_mini.worker.spec_decode_runner import SpecDecodeMixin, make_drafter
 
 __all__ = ["CachedRequestState", "ModelRunner", "compute_slot_mapping"]
 
 
-class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
+class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin, PipelineParallelMixin):
     def __init__(self, vllm_config: VllmConfig) -> None:
         self.vllm_config = vllm_config
         self.model_config = vllm_config.model_config
@@ -256,6 +258,8 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
                 batch.lora_ids_np[: len(req_ids)], meta.query_start_loc_cpu, meta.max_query_len
             )
         hidden_states = self._run_model(input_ids, positions, meta)
+        if not get_pp_group().is_last_rank:  # stage 8: the last pipeline stage samples for all
+            return self._follow_last_stage(req_ids)
         self._gather_prompt_logprobs(hidden_states, meta, req_ids)
 
         # Only requests whose scheduled tokens reach their last known token sample; a partial
@@ -280,6 +284,7 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
                 sampled[row] = [token]
             if out.logprobs_tensors is not None:
                 logprobs = _scatter_logprobs(out.logprobs_tensors.tolists(), rows, n)
+        self._share_sampled(sampled)
         return ModelRunnerOutput(
             req_ids=req_ids,
             req_id_to_index=dict(batch.req_id_to_index),
@@ -299,7 +304,7 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin):
             padded = self.cudagraph_runner.prepare(input_ids, positions, meta)
         if padded is None:
             with set_forward_context(meta):
-                return self.model(input_ids, positions)
+                return self._forward_stage(input_ids, positions)
         size, padded_meta = padded
         with set_forward_context(padded_meta):
             return self.cudagraph_runner.forward(size)[: input_ids.shape[0]]

@@ -6,7 +6,8 @@ VLLM_MINI_CPU_KVCACHE_SPACE variable, default 1 GiB). On GPU it is measured, as 
 `determine_available_memory` does: a profiling forward pass at the largest step the scheduler may
 send shows the peak activation memory, and the KV cache gets
 `gpu_memory_utilization * total - weights - peak activations - non-torch memory`.
-With tensor parallelism there is one worker per rank; today there is one.
+With tensor or pipeline parallelism there is one worker per rank (stage 8, executor/), each
+sizing the KV cache for its own heads and layers; the executor keeps the smallest answer.
 """
 
 from __future__ import annotations
@@ -122,11 +123,13 @@ class Worker:
             return cache.num_gpu_blocks_override
         # A draft model (stage 11) keeps its own K/V in the same blocks: a block costs both.
         drafter = self.model_runner.drafter
+        # Stage 8: this rank's share only — its pipeline stage's layers, its TP rank's KV heads.
+        layers = self.model_runner.attn_layers
         num_blocks = get_num_blocks(
             self.determine_available_memory(),
-            model.num_layers,
+            len(layers) or model.num_layers,
             cache.block_size,
-            model.num_kv_heads,
+            layers[0].num_kv_heads if layers else model.num_kv_heads,
             model.head_size,
             model.dtype,
             extra_bytes_per_block=drafter.kv_bytes_per_block() if drafter is not None else 0,
