@@ -20,7 +20,7 @@ from vllm_mini.core.kv_cache_utils import get_request_block_hasher
 from vllm_mini.core.sched.output import EngineCoreOutput, SchedulerOutput
 from vllm_mini.core.sched.scheduler import Scheduler, SchedulerStats
 from vllm_mini.engine import EngineCoreRequest
-from vllm_mini.executor import Executor
+from vllm_mini.executor import Executor, WorkerDiedError
 from vllm_mini.logger import init_logger
 from vllm_mini.request import Request, RequestStatus
 from vllm_mini.worker.worker import Worker
@@ -73,6 +73,8 @@ class EngineCore:
             get_request_block_hasher(cache.block_size) if cache.enable_prefix_caching else None
         )
         self.last_scheduler_output: SchedulerOutput | None = None
+        # Stage 8: set when a worker died; the core then refuses all work (vLLM's dead engine).
+        self.errored: WorkerDiedError | None = None
 
     @property
     def worker(self) -> Worker:
@@ -80,6 +82,8 @@ class EngineCore:
         return self.model_executor.driver_worker
 
     def add_request(self, request: EngineCoreRequest) -> None:
+        if self.errored is not None:
+            raise self.errored
         if request.lora_request is not None:
             self.add_lora(request.lora_request)  # registered once; loaded into a slot when run
         self.scheduler.add_request(
@@ -111,9 +115,17 @@ class EngineCore:
     def step(self) -> list[EngineCoreOutput]:
         if not self.scheduler.has_requests():
             return []
+        if self.errored is not None:
+            raise self.errored
         scheduler_output = self.scheduler.schedule()
         self.last_scheduler_output = scheduler_output
-        runner_output = self.model_executor.execute_model(scheduler_output)
+        try:
+            runner_output = self.model_executor.execute_model(scheduler_output)
+        except WorkerDiedError as e:  # fail every request and free its blocks; stay dead
+            self.errored = e
+            sched = self.scheduler
+            self.abort_requests([r.request_id for r in [*sched.running, *sched.waiting]])
+            raise
         return self.scheduler.update_from_output(scheduler_output, runner_output)
 
     def shutdown(self) -> None:

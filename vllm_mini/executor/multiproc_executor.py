@@ -113,6 +113,7 @@ class MultiprocExecutor(Executor):
                 dead = [sentinels[s] for s in ready if s in sentinels]
                 if dead and not handle.conn.poll():
                     h = dead[0]
+                    h.process.join(1.0)  # reap it, so its exit code is known
                     code = h.process.exitcode
                     self._fail(f"worker rank {h.rank} (pid {h.process.pid}) died, exit code {code}")
             try:
@@ -164,10 +165,10 @@ def worker_main(
     try:
         worker = init_worker(vllm_config, rank, init_method, world_size)
     except BaseException:  # noqa: BLE001 - the engine reports it, naming the rank
-        conn.send(("error", traceback.format_exc()))
-        return
-    conn.send(("ok", None))
-    while True:
+        _reply(conn, ("error", traceback.format_exc()))
+        os._exit(1)
+    ok = _reply(conn, ("ok", None))
+    while ok:
         try:
             method, args, reply_rank = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
@@ -177,14 +178,23 @@ def worker_main(
         try:
             fn = getattr(worker, method) if isinstance(method, str) else None
             result = fn(*args) if fn else method(worker, *args)
-            # Only the rank the engine reads pickles its result back (the others send None).
-            conn.send(("ok", result if reply_rank in (None, rank) else None))
-        except Exception:  # noqa: BLE001 - handed to the engine, which stops everything
-            conn.send(("error", traceback.format_exc()))
+        except Exception:  # noqa: BLE001 - e.g. a collective whose peer died: the engine stops all
+            _reply(conn, ("error", traceback.format_exc()))
             break
-    from vllm_mini.distributed.parallel_state import destroy_model_parallel
+        # Only the rank the engine reads pickles its result back (the others send None).
+        ok = _reply(conn, ("ok", result if reply_rank in (None, rank) else None))
+    # Exit at once: tearing the process group down (or letting the interpreter do it) waits
+    # seconds for peers that may already be gone; the worker has nothing left to flush.
+    os._exit(0)
 
-    destroy_model_parallel()
+
+def _reply(conn: connection.Connection, message: tuple[str, Any]) -> bool:
+    """Send to the engine; False when it is no longer listening."""
+    try:
+        conn.send(message)
+        return True
+    except (BrokenPipeError, OSError):
+        return False
 
 
 def init_worker(vllm_config: VllmConfig, rank: int, init_method: str, world_size: int):
