@@ -83,7 +83,7 @@ class MultiprocExecutor(Executor):
             child_conn.close()  # only the worker holds its end: EOF here means the worker is gone
             self.workers.append(WorkerHandle(rank, proc, parent_conn))
         # Runs at shutdown(), at garbage collection and at interpreter exit, whichever is first.
-        self._finalizer = weakref.finalize(self, _stop_workers, self.workers)
+        self._finalizer = weakref.finalize(self, stop_processes, self.workers)
         self._gather(range(world_size), timeout=STARTUP_TIMEOUT_S)  # each says "loaded"
 
     def collective_rpc(
@@ -135,8 +135,9 @@ class MultiprocExecutor(Executor):
         self._finalizer()
 
 
-def _stop_workers(workers: list[WorkerHandle]) -> None:
-    """Ask each worker to exit, then terminate (and finally kill) whoever is still there."""
+def stop_processes(workers: list[WorkerHandle]) -> None:
+    """Ask each process to exit, then terminate (and finally kill) whoever is still there.
+    (The data-parallel front end, engine/core_client.py, stops its replicas the same way.)"""
     for handle in workers:
         try:
             handle.conn.send_bytes(pickle.dumps(("shutdown", (), None)))
