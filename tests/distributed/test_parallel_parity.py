@@ -72,14 +72,31 @@ def test_parallel_engine_equals_single_process(models, arch, tp, pp):
     assert stats.kv_cache_usage == 0.0  # every block came back
 
 
-def test_smollm2_tp3_greedy_equals_tp1(smollm2_gguf):
-    """SmolLM2 (9 heads, 3 KV heads): three ranks hold 3 query heads and 1 KV head each.
-    float32: the GGUF file is dequantized at load, so every rank can slice its rows."""
+@pytest.fixture(scope="module")
+def smollm2_safetensors(smollm2_gguf, tmp_path_factory) -> str:
+    """SmolLM2 dequantized to float32 safetensors once: each rank then maps the file instead of
+    parsing and dequantizing the GGUF itself (seconds per process on this CPU)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vllm_mini.model_executor.model_loader.gguf_loader import gguf_weights_iterator
+    from vllm_mini.transformers_utils.default_model import prepare_default_model
+
+    out = tmp_path_factory.mktemp("smollm2_f32")
+    shutil.copytree(prepare_default_model(), out, dirs_exist_ok=True)
+    save_file(dict(gguf_weights_iterator(smollm2_gguf)), str(out / "model.safetensors"))
+    return str(out)
+
+
+@pytest.mark.slow
+def test_smollm2_tp3_greedy_equals_tp1(smollm2_safetensors):
+    """SmolLM2 (9 heads, 3 KV heads): three ranks hold 3 query heads and 1 KV head each."""
     prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
     params = SamplingParams(max_tokens=16, temperature=0.0, logprobs=1)
     outs = {}
     for tp in (1, 3):
-        llm = LLM(str(smollm2_gguf), dtype="float32", tensor_parallel_size=tp, enforce_eager=True)
+        llm = LLM(smollm2_safetensors, tensor_parallel_size=tp, enforce_eager=True)
         try:
             outs[tp] = llm.generate(prompts, params, use_tqdm=False)
         finally:
