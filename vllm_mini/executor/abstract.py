@@ -38,13 +38,10 @@ class Executor(ABC):
             from vllm_mini.executor.uniproc_executor import UniProcExecutor
 
             return UniProcExecutor
-        if backend == "mp":
-            from vllm_mini.executor.multiproc_executor import MultiprocExecutor
+        # "mp"; ParallelConfig refuses anything else ("ray" is not implemented here).
+        from vllm_mini.executor.multiproc_executor import MultiprocExecutor
 
-            return MultiprocExecutor
-        from vllm_mini.executor.ray_executor import RayDistributedExecutor
-
-        return RayDistributedExecutor
+        return MultiprocExecutor
 
     def __init__(self, vllm_config: VllmConfig) -> None:
         self.vllm_config = vllm_config

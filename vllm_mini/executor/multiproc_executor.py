@@ -17,7 +17,8 @@ Failure handling. While waiting for answers the executor also watches every work
 sentinel, so a worker that dies (killed, out of memory) is noticed at once, even while the others
 hang in a collective waiting for it: the executor then terminates the rest and raises
 WorkerDiedError, which fails the requests in flight. Workers exit by themselves when the engine
-goes away (their pipe reaches EOF), so a killed engine leaves no orphans. Next: ray_executor.py.
+goes away (their pipe reaches EOF), so a killed engine leaves no orphans. Next:
+worker/pipeline_parallel.py.
 """
 
 from __future__ import annotations

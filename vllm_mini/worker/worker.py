@@ -12,16 +12,30 @@ sizing the KV cache for its own heads and layers; the executor keeps the smalles
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.kv_cache_utils import get_num_blocks
 from vllm_mini.core.sched.output import ModelRunnerOutput, SchedulerOutput
+from vllm_mini.distributed import get_pp_group, get_tp_group
+from vllm_mini.distributed.parallel_state import CommStats
 from vllm_mini.logger import init_logger
 from vllm_mini.platforms.cpu import cpu_kv_cache_space_bytes
 from vllm_mini.worker.model_runner import ModelRunner
 
 logger = init_logger(__name__)
+
+
+@dataclass
+class RankInfo:
+    num_heads: int  # query heads of this rank's attention layers
+    num_kv_heads: int  # KV heads it holds (and caches)
+    num_layers: int  # decoder layers on its pipeline stage
+    tp: CommStats  # all-reduces within its tensor-parallel group
+    pp: CommStats  # sends and receives to its neighbouring stages
+
 
 GiB = 1 << 30
 
@@ -152,3 +166,14 @@ class Worker:
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output)
+
+    def rank_info(self) -> RankInfo:
+        """Stage 8: what this rank holds and the collectives it ran so far (demos, benchmarks)."""
+        layers = self.model_runner.attn_layers
+        return RankInfo(
+            num_heads=layers[0].num_heads if layers else 0,
+            num_kv_heads=layers[0].num_kv_heads if layers else 0,
+            num_layers=len(layers),
+            tp=get_tp_group().stats,
+            pp=get_pp_group().stats,
+        )
