@@ -9,7 +9,7 @@ the measured per-call cost that the docs page's communication-volume formula is 
 SmolLM2-135M runs in float32 (a GGUF file's blocks are not sliced per rank); it is converted to
 safetensors once (under --cache-dir) so that each rank maps the file instead of parsing the GGUF.
 
-    python benchmarks/distributed.py [--num-requests 16] [--layouts tp1,tp2,tp3,pp2,dp2]
+    python benchmarks/distributed.py [--num-requests 16] [--layouts tp1,tp3,pp2,dp2] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from vllm_mini import LLM, SamplingParams  # noqa: E402
 
 LAYOUTS = {
     "tp1": dict(),
+    # TP=1 with one torch thread: on a busy machine a 2-thread process loses most when one of
+    # its threads is descheduled (the other waits at every barrier); separates that effect.
+    "tp1-1thread": dict(),
     "tp2": dict(tensor_parallel_size=2),
     "tp3": dict(tensor_parallel_size=3),
     "pp2": dict(pipeline_parallel_size=2),
@@ -60,6 +63,16 @@ def workload(n: int, seed: int = 0) -> tuple[list[list[int]], list[int]]:
 
 
 def run_layout(model: str, name: str, prompts, out_lens) -> dict:
+    threads = torch.get_num_threads()
+    if name == "tp1-1thread":
+        torch.set_num_threads(1)
+    try:
+        return _run_layout(model, name, prompts, out_lens)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_layout(model: str, name: str, prompts, out_lens) -> dict:
     llm = LLM(model, enforce_eager=True, **LAYOUTS[name])
     engine = llm.llm_engine
     llm.generate(
@@ -143,17 +156,28 @@ def allreduce_cost(world: int, sizes, repeats: int = 200) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-requests", type=int, default=16)
-    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--layouts", default="tp1,tp1-1thread,tp2,tp3,pp2,dp2")
     parser.add_argument("--cache-dir", default="/tmp/vllm_mini_bench")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="rounds over all layouts; the best round is kept"
+    )
     args = parser.parse_args()
     model = smollm2_safetensors(Path(args.cache_dir))
     prompts, out_lens = workload(args.num_requests)
-    rows = []
-    for name in args.layouts.split(","):
-        try:
-            rows.append(run_layout(model, name, prompts, out_lens))
-        except ValueError as e:  # e.g. TP=2: SmolLM2's 9 heads do not split in two
-            print(f"{name}: not run: {e}")
+    print(f"load average at start: {os.getloadavg()}")
+    best: dict[str, dict] = {}
+    # Rounds over all layouts, so that a burst of load from other jobs hits every layout alike.
+    for _ in range(args.repeats):
+        for name in args.layouts.split(","):
+            try:
+                row = run_layout(model, name, prompts, out_lens)
+            except ValueError as e:  # e.g. TP=2: SmolLM2's 9 heads do not split in two
+                print(f"{name}: not run: {e}")
+                continue
+            if name not in best or row["tok_s"] > best[name]["tok_s"]:
+                best[name] = row
+    rows = list(best.values())
+    print(f"load average at end: {os.getloadavg()}")
     base = next((r for r in rows if r["layout"] == "tp1"), rows[0])
     print(f"\n{args.num_requests} requests, prompts 32-128, outputs 32-64 tokens, SmolLM2 float32")
     print("| layout | tok/s | x TP=1 | steps | ms/step | x TP=1 | all-reduce ms/step "

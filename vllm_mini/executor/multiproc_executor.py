@@ -97,7 +97,7 @@ class MultiprocExecutor(Executor):
             try:
                 handle.conn.send_bytes(message)
             except (BrokenPipeError, OSError):
-                self._fail(f"worker rank {handle.rank} is gone (its pipe is closed)")
+                self._fail(_death_notice(handle))
         answers = self._gather(range(len(self.workers)))
         return [answers[unique_reply_rank]] if unique_reply_rank is not None else answers
 
@@ -113,14 +113,11 @@ class MultiprocExecutor(Executor):
                     self._fail(f"worker rank {rank} did not answer within {timeout:.0f} s")
                 dead = [sentinels[s] for s in ready if s in sentinels]
                 if dead and not handle.conn.poll():
-                    h = dead[0]
-                    h.process.join(1.0)  # reap it, so its exit code is known
-                    code = h.process.exitcode
-                    self._fail(f"worker rank {h.rank} (pid {h.process.pid}) died, exit code {code}")
+                    self._fail(_death_notice(dead[0]))
             try:
                 status, value = handle.conn.recv()
             except (EOFError, OSError):
-                self._fail(f"worker rank {rank} closed its pipe")
+                self._fail(_death_notice(handle))
             if status == "error":
                 self._fail(f"worker rank {rank} failed:\n{value}")
             answers.append(value)
@@ -134,6 +131,12 @@ class MultiprocExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+def _death_notice(handle: WorkerHandle) -> str:
+    handle.process.join(1.0)  # reap it, so that its exit code is known
+    code = handle.process.exitcode
+    return f"worker rank {handle.rank} (pid {handle.process.pid}) died, exit code {code}"
 
 
 def stop_processes(workers: list[WorkerHandle]) -> None:
