@@ -8,6 +8,7 @@ replicas work; the OpenAI server runs on the same front end (`vllm-mini serve
 
 from __future__ import annotations
 
+import gc
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.entrypoints.server_utils import MAX_MODEL_LEN, serve, wait_idle
@@ -24,19 +25,21 @@ def test_dp2_equals_dp1_request_by_request(tiny_llama_dir):
     single = LLM(str(tiny_llama_dir), enforce_eager=True)
     ref = single.generate(prompts, params, use_tqdm=False)
     llm = LLM(str(tiny_llama_dir), data_parallel_size=2, enforce_eager=True)
-    try:
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        client = llm.llm_engine.engine_core
-        added = [core.num_added for core in client.cores]
-        stats = client.make_stats()
-    finally:
-        llm.shutdown()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    client = llm.llm_engine.engine_core
+    added = [core.num_added for core in client.cores]
+    stats = client.make_stats()
+    processes = [core.process for core in client.cores]
+    del llm, client  # deleting the LLM stops its replica processes
+    gc.collect()
     for r, o in zip(ref, outs):
         assert o.prompt_token_ids == r.prompt_token_ids
         assert o.outputs[0].token_ids == r.outputs[0].token_ids
     assert added == [3, 2]  # least loaded first: the adds alternate between the replicas
     assert stats.num_running_reqs == 0 and stats.kv_cache_usage == 0.0
-    assert not any(core.process.is_alive() for core in client.cores)
+    for process in processes:
+        process.join(10)
+        assert not process.is_alive()
 
 
 def test_server_with_dp2_answers_like_one_engine(tiny_llama_dir):

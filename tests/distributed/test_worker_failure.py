@@ -40,7 +40,15 @@ def _running(pid: int) -> bool:
 
 
 def test_killed_worker_fails_requests_and_stops_the_others(tiny_llama_dir):
-    llm = LLM(str(tiny_llama_dir), tensor_parallel_size=2, enforce_eager=True)
+    llm = LLM(
+        str(tiny_llama_dir),
+        tensor_parallel_size=2,
+        enforce_eager=True,
+        kv_cache_memory_bytes=1 << 20,
+    )
+    # Each rank caches 1 of the 2 KV heads: a block costs 2 (K, V) x 2 layers x 16 tokens x 1 head
+    # x 16 dims x 4 bytes = 4 KiB, so 1 MiB holds 256 blocks per rank (128 with one rank).
+    assert llm.llm_engine.engine_core.num_blocks == 256
     executor = llm.llm_engine.engine_core.model_executor
     pids = [h.process.pid for h in executor.workers]
     params = SamplingParams(max_tokens=4, temperature=0.0)
