@@ -7,6 +7,8 @@ results go out as token ids (`EngineCoreOutput`). In vLLM it runs in its own pro
 ZMQ, so tokenization and detokenization overlap with the GPU; here it runs in the caller's process
 (AsyncLLM steps it in a worker thread), and the message types are kept so that split stays easy
 to see. `snapshot()` is the read-only view that tools (the trace recorder, the visualizer) use.
+Stage 8: the core reaches its workers through an Executor (executor/): one in-process worker, or
+one process per tensor/pipeline rank; engine/core_client.py runs several cores (data parallel).
 Next: llm_engine.py.
 """
 
