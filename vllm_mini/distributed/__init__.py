@@ -21,7 +21,6 @@ __all__ = [
     "get_pp_group",
     "get_pp_indices",
     "get_tensor_model_parallel_rank",
-    "get_tensor_model_parallel_rank",
     "get_tensor_model_parallel_world_size",
     "get_tp_group",
     "simulate_tensor_parallel",
