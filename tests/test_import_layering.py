@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "structured_output": 4,
     # 5 running steps: worker, engine, what it returns, and the stats about it.
     "worker": 5,
+    "executor": 5,  # stage 8: how the engine core reaches its workers (in-process or not)
     "engine": 5,
     "outputs": 5,
     "metrics": 5,

@@ -25,7 +25,10 @@ from vllm_mini.engine.arg_utils import EngineArgs
         (lambda: SchedulerConfig(max_num_seqs=0), "max_num_seqs must be >= 1"),
         (lambda: SchedulerConfig(max_num_batched_tokens=0), "max_num_batched_tokens must be >= 1"),
         (lambda: SchedulerConfig(policy="lifo"), "scheduling_policy must be one of"),
-        (lambda: ParallelConfig(tensor_parallel_size=2), "tensor_parallel_size must be 1"),
+        (
+            lambda: ParallelConfig(tensor_parallel_size=0),
+            "tensor_parallel_size must be an integer >= 1",
+        ),
         (lambda: LoadConfig(load_format="pickle"), "load_format must be one of"),
         (lambda: DeviceConfig(device="tpu"), "device must be one of"),
         (lambda: AttentionConfig(backend="flash"), "attention_backend must be one of"),

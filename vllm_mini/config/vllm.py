@@ -57,6 +57,7 @@ class VllmConfig:
     def __post_init__(self) -> None:
         self.scheduler_config.max_model_len = self.model_config.max_model_len
         self.scheduler_config.verify_with_model_len()
+        self._verify_parallel()
         if self.attention_config.backend is None:
             from vllm_mini.platforms import current_platform
 
@@ -70,6 +71,26 @@ class VllmConfig:
             self.scheduler_config.max_num_seqs,
             self.model_config.enforce_eager or self.lora_config is not None,
         )
+
+    def _verify_parallel(self) -> None:
+        """Stage 8: sizes against the model, and the features one process only supports."""
+        parallel = self.parallel_config
+        parallel.verify_with_model_config(self.model_config.hf_text_config)
+        if parallel.world_size == 1:
+            return
+        unsupported = {
+            "enable_lora": self.lora_config is not None,
+            "speculative_config": self.speculative_config is not None,
+            "quantization='gguf' (pass dtype='float32' to load it dequantized)": (
+                self.model_config.quantization == "gguf" and parallel.tensor_parallel_size > 1
+            ),
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise ValueError(
+                    f"{name} is not supported with tensor_parallel_size x "
+                    f"pipeline_parallel_size = {parallel.world_size} in vllm_mini"
+                )
 
 
 _current_vllm_config: VllmConfig | None = None

@@ -44,6 +44,11 @@ _HELP = {
     "enable_chunked_prefill": "split long prompts across steps",
     "scheduling_policy": "fcfs or priority",
     "attention_backend": f"one of {', '.join(ATTENTION_BACKENDS)} (default: best available)",
+    "tensor_parallel_size": "ranks that split every layer (heads, MLP columns and rows)",
+    "pipeline_parallel_size": "stages that split the decoder layers",
+    "data_parallel_size": "engine replicas, each with its own KV cache, behind one front end",
+    "distributed_executor_backend": "uni or mp: how the tp x pp workers run (default: uni for "
+    "one rank, mp for more; vLLM's ray is not implemented)",
     "load_format": "auto, safetensors, gguf or dummy (random weights)",
     "device": "auto, cpu or cuda",
     "disable_log_stats": "do not log engine stats every few seconds",
@@ -97,6 +102,8 @@ class EngineArgs:
     # ParallelConfig, LoadConfig, DeviceConfig, AttentionConfig
     tensor_parallel_size: int = ParallelConfig.tensor_parallel_size
     pipeline_parallel_size: int = ParallelConfig.pipeline_parallel_size
+    data_parallel_size: int = ParallelConfig.data_parallel_size
+    distributed_executor_backend: str | None = ParallelConfig.distributed_executor_backend
     load_format: str = LoadConfig.load_format
     device: str = DeviceConfig.device
     attention_backend: str | None = AttentionConfig.backend
@@ -176,6 +183,8 @@ class EngineArgs:
             parallel_config=ParallelConfig(
                 tensor_parallel_size=self.tensor_parallel_size,
                 pipeline_parallel_size=self.pipeline_parallel_size,
+                data_parallel_size=self.data_parallel_size,
+                distributed_executor_backend=self.distributed_executor_backend,
             ),
             load_config=LoadConfig(load_format=self.load_format),
             device_config=DeviceConfig(device=self.device),

@@ -323,3 +323,4 @@ class AsyncLLM:
     def shutdown(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        self.engine.shutdown()

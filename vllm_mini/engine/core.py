@@ -7,6 +7,8 @@ results go out as token ids (`EngineCoreOutput`). In vLLM it runs in its own pro
 ZMQ, so tokenization and detokenization overlap with the GPU; here it runs in the caller's process
 (AsyncLLM steps it in a worker thread), and the message types are kept so that split stays easy
 to see. `snapshot()` is the read-only view that tools (the trace recorder, the visualizer) use.
+Stage 8: the core reaches its workers through an Executor (executor/): one in-process worker, or
+one process per tensor/pipeline rank; engine/core_client.py runs several cores (data parallel).
 Next: llm_engine.py.
 """
 
@@ -20,6 +22,7 @@ from vllm_mini.core.kv_cache_utils import get_request_block_hasher
 from vllm_mini.core.sched.output import EngineCoreOutput, SchedulerOutput
 from vllm_mini.core.sched.scheduler import Scheduler, SchedulerStats
 from vllm_mini.engine import EngineCoreRequest
+from vllm_mini.executor import Executor, WorkerDiedError
 from vllm_mini.logger import init_logger
 from vllm_mini.request import Request, RequestStatus
 from vllm_mini.worker.worker import Worker
@@ -63,10 +66,10 @@ class EngineCore:
         self.vllm_config = vllm_config
         # Before the scheduler and the block hasher exist (configs built without EngineArgs too).
         apply_backend_constraints(vllm_config)
-        self.worker = Worker(vllm_config)
-        self.worker.load_model()
-        self.num_blocks = self.worker.determine_num_blocks()
-        self.worker.initialize_cache(self.num_blocks)
+        # Stage 8: the workers (one, in this process, or one process per TP/PP rank).
+        self.model_executor = Executor.get_class(vllm_config)(vllm_config)
+        self.num_blocks = self.model_executor.determine_num_blocks()
+        self.model_executor.initialize_cache(self.num_blocks)
         self.scheduler = Scheduler(vllm_config, self.num_blocks)
         cache = vllm_config.cache_config
         # Each Request hashes its full blocks with this as its tokens arrive (prefix caching).
@@ -74,26 +77,40 @@ class EngineCore:
             get_request_block_hasher(cache.block_size) if cache.enable_prefix_caching else None
         )
         self.last_scheduler_output: SchedulerOutput | None = None
+        # Stage 8: set when a worker died; the core then refuses all work (vLLM's dead engine).
+        self.errored: WorkerDiedError | None = None
+
+    @property
+    def worker(self) -> Worker:
+        """The in-process worker (uni executor only; the mp executor raises a clear error)."""
+        return self.model_executor.driver_worker
 
     def add_request(self, request: EngineCoreRequest) -> None:
+        if self.errored is not None:
+            raise self.errored
         if request.lora_request is not None:
             self.add_lora(request.lora_request)  # registered once; loaded into a slot when run
         self.scheduler.add_request(
             Request.from_engine_core_request(request, self.request_block_hasher)
         )
 
+    def _lora_manager(self):
+        return (
+            None if self.vllm_config.lora_config is None else self.worker.model_runner.lora_manager
+        )
+
     def add_lora(self, lora_request) -> None:
-        manager = self.worker.model_runner.lora_manager
+        manager = self._lora_manager()
         if manager is None:
             raise ValueError("LoRA is off: start the engine with enable_lora=True")
         manager.add_adapter(lora_request)
 
     def remove_lora(self, lora_int_id: int) -> bool:
-        manager = self.worker.model_runner.lora_manager
+        manager = self._lora_manager()
         return manager is not None and manager.remove_adapter(lora_int_id)
 
     def list_loras(self) -> list:
-        manager = self.worker.model_runner.lora_manager
+        manager = self._lora_manager()
         return [] if manager is None else manager.list_adapters()
 
     def abort_requests(self, request_ids: list[str]) -> None:
@@ -102,13 +119,24 @@ class EngineCore:
     def step(self) -> list[EngineCoreOutput]:
         if not self.scheduler.has_requests():
             return []
+        if self.errored is not None:
+            raise self.errored
         scheduler_output = self.scheduler.schedule()
         self.last_scheduler_output = scheduler_output
         # Stage 13: constrained requests' token masks are filled on a helper thread while the
         # forward pass runs; the runner waits for them only when it samples.
         grammar_output = self.scheduler.get_grammar_bitmask(scheduler_output)
-        runner_output = self.worker.execute_model(scheduler_output, grammar_output)
+        try:
+            runner_output = self.model_executor.execute_model(scheduler_output, grammar_output)
+        except WorkerDiedError as e:  # fail every request and free its blocks; stay dead
+            self.errored = e
+            sched = self.scheduler
+            self.abort_requests([r.request_id for r in [*sched.running, *sched.waiting]])
+            raise
         return self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def shutdown(self) -> None:
+        self.model_executor.shutdown()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_requests()

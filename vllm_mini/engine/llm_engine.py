@@ -16,7 +16,7 @@ from vllm_mini.core.sched.output import EngineCoreOutput
 from vllm_mini.core.sched.scheduler import SchedulerStats
 from vllm_mini.engine import EngineCoreRequest
 from vllm_mini.engine.arg_utils import EngineArgs
-from vllm_mini.engine.core import EngineCore
+from vllm_mini.engine.core_client import make_engine_core
 from vllm_mini.engine.output_processor import OutputProcessor, ParentRequest
 from vllm_mini.engine.processor import Processor, PromptType
 from vllm_mini.lora.request import LoRARequest
@@ -33,7 +33,8 @@ class LLMEngine:
         self.tokenizer = get_tokenizer(
             self.model_config.source, trust_remote_code=self.model_config.trust_remote_code
         )
-        self.engine_core = EngineCore(vllm_config)
+        # One EngineCore, or (stage 8) a client of data_parallel_size replica processes.
+        self.engine_core = make_engine_core(vllm_config)
         self.processor = Processor(vllm_config, self.tokenizer, self.engine_core.num_blocks)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.stats = EngineStats()
@@ -194,3 +195,7 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> bool:
         return self.engine_core.reset_prefix_cache()
+
+    def shutdown(self) -> None:
+        """Stop the engine core's workers (stage 8); safe to call twice."""
+        self.engine_core.shutdown()

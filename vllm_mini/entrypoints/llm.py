@@ -36,6 +36,15 @@ class LLM:
         self.llm_engine = LLMEngine.from_engine_args(engine_args)
         self._request_counter = 0
 
+    def shutdown(self) -> None:
+        """Stop the worker processes now (stage 8); also done when the LLM is deleted or at exit."""
+        engine = getattr(self, "llm_engine", None)  # absent if __init__ failed
+        if engine is not None:
+            engine.shutdown()
+
+    def __del__(self) -> None:
+        self.shutdown()
+
     def get_tokenizer(self):
         return self.llm_engine.get_tokenizer()
 

@@ -41,6 +41,7 @@ from vllm_mini.core.sched.output import (
     NewRequestData,
     SchedulerOutput,
 )
+from vllm_mini.distributed import get_pp_group
 from vllm_mini.forward_context import set_forward_context
 from vllm_mini.lora.model_manager import LoRAModelManager
 from vllm_mini.model_executor.layers.rejection_sampler import RejectionSampler
@@ -50,13 +51,16 @@ from vllm_mini.sampling_params import SamplingParams
 from vllm_mini.structured_output.utils import apply_grammar_bitmask
 from vllm_mini.worker.input_batch import CachedRequestState, InputBatch
 from vllm_mini.worker.multimodal_runner import MultiModalRunnerMixin
+from vllm_mini.worker.pipeline_parallel import PipelineParallelMixin
 from vllm_mini.worker.prompt_logprobs import PromptLogprobsMixin
 from vllm_mini.worker.spec_decode_runner import SpecDecodeMixin, make_drafter
 
 __all__ = ["CachedRequestState", "ModelRunner", "compute_slot_mapping"]
 
 
-class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin, MultiModalRunnerMixin):
+class ModelRunner(
+    SpecDecodeMixin, PromptLogprobsMixin, MultiModalRunnerMixin, PipelineParallelMixin
+):
     def __init__(self, vllm_config: VllmConfig) -> None:
         self.vllm_config = vllm_config
         self.model_config = vllm_config.model_config
@@ -267,6 +271,8 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin, MultiModalRunnerMixin):
         self._execute_mm_encoder(so)  # stage 10: images in, their embeddings merged below
         inputs_embeds = self._gather_mm_embeddings(so, req_ids, input_ids)
         hidden_states = self._run_model(input_ids, positions, meta, inputs_embeds)
+        if not get_pp_group().is_last_rank:  # stage 8: the last pipeline stage samples for all
+            return self._follow_last_stage(req_ids)
         self._gather_prompt_logprobs(hidden_states, meta, req_ids)
 
         # Only requests whose scheduled tokens reach their last known token sample; a partial
@@ -297,6 +303,7 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin, MultiModalRunnerMixin):
                 sampled[row] = [token]
             if out.logprobs_tensors is not None:
                 logprobs = _scatter_logprobs(out.logprobs_tensors.tolists(), rows, n)
+        self._share_sampled(sampled)
         return ModelRunnerOutput(
             req_ids=req_ids,
             req_id_to_index=dict(batch.req_id_to_index),
@@ -317,13 +324,13 @@ class ModelRunner(SpecDecodeMixin, PromptLogprobsMixin, MultiModalRunnerMixin):
         set_static_forward_context(self.static_forward_context)
         if inputs_embeds is not None:
             with set_forward_context(meta):
-                return self._eager_model()(input_ids, positions, inputs_embeds)
+                return self._eager_model()(input_ids, positions, inputs_embeds=inputs_embeds)
         padded = None
         if self.cudagraph_runner is not None:
             padded = self.cudagraph_runner.prepare(input_ids, positions, meta)
         if padded is None:
             with set_forward_context(meta):
-                return self.model(input_ids, positions)
+                return self._forward_stage(input_ids, positions)
         size, padded_meta = padded
         with set_forward_context(padded_meta):
             return self.cudagraph_runner.forward(size)[: input_ids.shape[0]]

@@ -6,23 +6,37 @@ VLLM_MINI_CPU_KVCACHE_SPACE variable, default 1 GiB). On GPU it is measured, as 
 `determine_available_memory` does: a profiling forward pass at the largest step the scheduler may
 send shows the peak activation memory, and the KV cache gets
 `gpu_memory_utilization * total - weights - peak activations - non-torch memory`.
-With tensor parallelism there is one worker per rank; today there is one.
+With tensor or pipeline parallelism there is one worker per rank (stage 8, executor/), each
+sizing the KV cache for its own heads and layers; the executor keeps the smallest answer.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import torch
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.kv_cache_utils import get_num_blocks
 from vllm_mini.core.sched.output import GrammarOutput, ModelRunnerOutput, SchedulerOutput
+from vllm_mini.distributed import get_pp_group, get_tp_group
+from vllm_mini.distributed.parallel_state import CommStats
 from vllm_mini.logger import init_logger
 from vllm_mini.platforms.cpu import cpu_kv_cache_space_bytes
 from vllm_mini.worker.model_runner import ModelRunner
 
 logger = init_logger(__name__)
+
+
+@dataclass
+class RankInfo:
+    num_heads: int  # query heads of this rank's attention layers
+    num_kv_heads: int  # KV heads it holds (and caches)
+    num_layers: int  # decoder layers on its pipeline stage
+    tp: CommStats  # all-reduces within its tensor-parallel group
+    pp: CommStats  # sends and receives to its neighbouring stages
+
 
 GiB = 1 << 30
 
@@ -124,11 +138,13 @@ class Worker:
             return cache.num_gpu_blocks_override
         # A draft model (stage 11) keeps its own K/V in the same blocks: a block costs both.
         drafter = self.model_runner.drafter
+        # Stage 8: this rank's share only — its pipeline stage's layers, its TP rank's KV heads.
+        layers = self.model_runner.attn_layers
         num_blocks = get_num_blocks(
             self.determine_available_memory(),
-            model.num_layers,
+            len(layers) or model.num_layers,
             cache.block_size,
-            model.num_kv_heads,
+            layers[0].num_kv_heads if layers else model.num_kv_heads,
             model.head_size,
             model.dtype,
             extra_bytes_per_block=drafter.kv_bytes_per_block() if drafter is not None else 0,
@@ -155,3 +171,14 @@ class Worker:
         grammar_output: Future | GrammarOutput | None = None,
     ) -> ModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output, grammar_output)
+
+    def rank_info(self) -> RankInfo:
+        """Stage 8: what this rank holds and the collectives it ran so far (demos, benchmarks)."""
+        layers = self.model_runner.attn_layers
+        return RankInfo(
+            num_heads=layers[0].num_heads if layers else 0,
+            num_kv_heads=layers[0].num_kv_heads if layers else 0,
+            num_layers=len(layers),
+            tp=get_tp_group().stats,
+            pp=get_pp_group().stats,
+        )

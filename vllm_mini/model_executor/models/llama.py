@@ -19,6 +19,7 @@ from torch import nn
 
 from vllm_mini.attention import Attention
 from vllm_mini.config import VllmConfig
+from vllm_mini.distributed import get_pp_group, get_pp_indices
 from vllm_mini.model_executor.layers.activation import SiluAndMul
 from vllm_mini.model_executor.layers.layernorm import RMSNorm
 from vllm_mini.model_executor.layers.linear import (
@@ -34,6 +35,11 @@ from vllm_mini.model_executor.layers.vocab_parallel_embedding import (
     VocabParallelEmbedding,
 )
 from vllm_mini.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm_mini.model_executor.models.utils import (
+    IntermediateTensors,
+    PPMissingLayer,
+    is_pp_missing_parameter,
+)
 
 
 class LlamaMLP(nn.Module):
@@ -195,10 +201,17 @@ class LlamaModel(nn.Module):
             quant_config=quant_config,
             prefix=f"{prefix}.embed_tokens",
         )
+        # Stage 8: a pipeline stage builds only its own layers [start_layer, end_layer).
+        pp = get_pp_group()
+        self.start_layer, self.end_layer = get_pp_indices(
+            config.num_hidden_layers, pp.rank_in_group, pp.world_size
+        )
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(
                 config, quant_config=quant_config, prefix=f"{prefix}.layers.{i}", **attention_kwargs
             )
+            if self.start_layer <= i < self.end_layer
+            else PPMissingLayer()
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -207,14 +220,21 @@ class LlamaModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        # input_ids, positions: [num_tokens] -> hidden_states: [num_tokens, hidden_size].
-        # A multimodal model (stage 10) passes inputs_embeds with image embeddings merged in.
-        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        residual = None
-        for layer in self.layers:
+    ) -> torch.Tensor | IntermediateTensors:
+        # input_ids, positions: [num_tokens] -> hidden_states: [num_tokens, hidden_size]
+        if intermediate_tensors is None:  # the first (or only) stage embeds the tokens
+            # A multimodal model (stage 10) passes inputs_embeds with image embeddings merged in.
+            hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            residual = None
+        else:
+            hidden_states = intermediate_tensors.hidden_states
+            residual = intermediate_tensors.residual
+        for layer in self.layers[self.start_layer : self.end_layer]:
             hidden_states, residual = layer(positions, hidden_states, residual)
+        if not get_pp_group().is_last_rank:
+            return IntermediateTensors(hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
@@ -251,9 +271,10 @@ class LlamaForCausalLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, inputs_embeds)
+    ) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.logits_processor(self.lm_head, hidden_states)
@@ -266,6 +287,8 @@ class LlamaForCausalLM(nn.Module):
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name or (tied and name == "lm_head.weight"):
                 continue  # recomputed, or the same tensor as the embedding
+            if is_pp_missing_parameter(name, self):
+                continue  # another pipeline stage's layer
             for packed, ckpt, shard_id in self.stacked_params_mapping:
                 if ckpt in name:
                     target = name.replace(ckpt, packed)
