@@ -302,7 +302,7 @@ class ModelRunner(
                 batch.append_token(row, token)
                 sampled[row] = [token]
             if out.logprobs_tensors is not None:
-                logprobs = _scatter_logprobs(out.logprobs_tensors.tolists(), rows, n)
+                logprobs = LogprobsLists.scatter(out.logprobs_tensors.tolists(), rows, n)
         self._share_sampled(sampled)
         return ModelRunnerOutput(
             req_ids=req_ids,
@@ -391,15 +391,3 @@ class ModelRunner(
 def compute_slot_mapping(block_ids: list[int], start: int, end: int, block_size: int) -> list[int]:
     """KV slot of each position in [start, end): its physical block * block_size + offset."""
     return [block_ids[p // block_size] * block_size + p % block_size for p in range(start, end)]
-
-
-def _scatter_logprobs(lists, rows: list[int], num_reqs: int) -> LogprobsLists:
-    ids, lps, ranks = lists
-    out = LogprobsLists(
-        [[] for _ in range(num_reqs)], [[] for _ in range(num_reqs)], [0] * num_reqs
-    )
-    for j, i in enumerate(rows):
-        out.logprob_token_ids[i] = ids[j]
-        out.logprobs[i] = lps[j]
-        out.sampled_token_ranks[i] = ranks[j]
-    return out

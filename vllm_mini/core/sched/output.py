@@ -94,6 +94,17 @@ class LogprobsLists:
     sampled_token_ranks: list[int]
     cu_num_generated_tokens: list[int] | None = None
 
+    @classmethod
+    def scatter(cls, lists: tuple, rows: list[int], num_reqs: int) -> LogprobsLists:
+        """One row per request of the batch: row rows[j] gets sampled row j, the others none."""
+        ids, lps, ranks = lists
+        out = cls([[] for _ in range(num_reqs)], [[] for _ in range(num_reqs)], [0] * num_reqs)
+        for j, i in enumerate(rows):
+            out.logprob_token_ids[i] = ids[j]
+            out.logprobs[i] = lps[j]
+            out.sampled_token_ranks[i] = ranks[j]
+        return out
+
 
 @dataclass
 class ModelRunnerOutput:
