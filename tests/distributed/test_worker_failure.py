@@ -92,5 +92,3 @@ def test_start_up_errors_name_the_sizes(tiny_llama_dir):
         LLM(str(tiny_llama_dir), pipeline_parallel_size=3)
     with pytest.raises(ValueError, match="distributed_executor_backend='uni' runs one rank"):
         LLM(str(tiny_llama_dir), tensor_parallel_size=2, distributed_executor_backend="uni")
-    with pytest.raises(ValueError, match="'ray' is vLLM's multi-node executor and is not implemented"):  # fmt: skip
-        LLM(str(tiny_llama_dir), distributed_executor_backend="ray")

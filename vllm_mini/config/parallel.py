@@ -6,8 +6,8 @@ Stage 1 (used from stage 8). Mirrors vllm/config/parallel.py. Three independent 
 - data_parallel_size: whole engine replicas, each with its own KV cache and scheduler.
 One engine core drives tp x pp worker processes (its `world_size`); `data_parallel_size` engine
 cores run side by side behind one front end. `distributed_executor_backend` says how the workers
-of one core run: "uni" (in this process; only for world size 1) or "mp" (one process per rank on
-this machine); vLLM's "ray" (Ray actors across nodes) is named but refused. Next: load.py.
+of one core run: "uni" (in this process; only for world size 1), "mp" (one process per rank on
+this machine) or "ray" (one Ray actor per rank, on the nodes of a Ray cluster). Next: load.py.
 """
 
 from __future__ import annotations
@@ -40,11 +40,6 @@ class ParallelConfig:
             raise ValueError(
                 f"distributed_executor_backend must be one of {list(EXECUTOR_BACKENDS)}, "
                 f"got {backend!r}"
-            )
-        if backend == "ray":
-            raise ValueError(
-                "distributed_executor_backend='ray' is vLLM's multi-node executor and is not "
-                "implemented in vllm_mini; 'mp' runs the same workers as processes on this machine"
             )
         if backend == "uni" and self.world_size > 1:
             raise ValueError(

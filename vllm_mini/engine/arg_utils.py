@@ -47,8 +47,8 @@ _HELP = {
     "tensor_parallel_size": "ranks that split every layer (heads, MLP columns and rows)",
     "pipeline_parallel_size": "stages that split the decoder layers",
     "data_parallel_size": "engine replicas, each with its own KV cache, behind one front end",
-    "distributed_executor_backend": "uni or mp: how the tp x pp workers run (default: uni for "
-    "one rank, mp for more; vLLM's ray is not implemented)",
+    "distributed_executor_backend": "uni, mp or ray: how the tp x pp workers run (default: uni "
+    "for one rank, mp for more; ray: actors on the Ray cluster at RAY_ADDRESS, or a local one)",
     "load_format": "auto, safetensors, gguf or dummy (random weights)",
     "device": "auto, cpu or cuda",
     "disable_log_stats": "do not log engine stats every few seconds",

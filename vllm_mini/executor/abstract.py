@@ -39,7 +39,10 @@ class Executor(ABC):
             from vllm_mini.executor.uniproc_executor import UniProcExecutor
 
             return UniProcExecutor
-        # "mp"; ParallelConfig refuses anything else ("ray" is not implemented here).
+        if backend == "ray":
+            from vllm_mini.executor.ray_executor import RayDistributedExecutor
+
+            return RayDistributedExecutor
         from vllm_mini.executor.multiproc_executor import MultiprocExecutor
 
         return MultiprocExecutor
