@@ -13,9 +13,10 @@ target (model_executor/layers/rejection_sampler.py). Next: spec_decode/ngram_pro
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from vllm_mini.config.utils import config_from_cli
 
 METHODS = ("ngram", "draft_model")
 # vLLM's defaults when neither bound is given ("arbitrarily chosen", its source says).
@@ -80,18 +81,7 @@ class SpeculativeConfig:
         """`LLM(speculative_config={...})` or `--speculative-config '{...}'` (JSON)."""
         if value is None or isinstance(value, SpeculativeConfig):
             return value
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"speculative_config is not valid JSON: {e}") from e
-        if not isinstance(value, dict):
-            raise ValueError(f"speculative_config must be a dict, got {value!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown speculative_config keys {unknown}; known: {sorted(known)}")
-        return cls(**value)
+        return config_from_cli(cls, value, "speculative_config")
 
     def verify_with_models(self, target: Any, draft: Any | None) -> None:
         """A draft must speak the target's vocabulary: its token ids are the target's inputs."""

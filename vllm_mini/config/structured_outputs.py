@@ -8,8 +8,9 @@ one backend for the whole engine: `xgrammar` (the default; vLLM's too) or `guida
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from vllm_mini.config.utils import config_from_cli
 
 BACKENDS = ("auto", "xgrammar", "guidance")
 
@@ -48,17 +49,4 @@ class StructuredOutputsConfig:
             return cls()
         if isinstance(value, StructuredOutputsConfig):
             return value
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"structured_outputs_config is not valid JSON: {e}") from e
-        if not isinstance(value, dict):
-            raise ValueError(f"structured_outputs_config must be a dict, got {value!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown structured_outputs_config keys {unknown}; known: {sorted(known)}"
-            )
-        return cls(**value)
+        return config_from_cli(cls, value, "structured_outputs_config")

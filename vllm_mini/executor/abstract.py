@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.core.sched.output import GrammarOutput, ModelRunnerOutput, SchedulerOutput
+from vllm_mini.logger import init_logger
 
 if TYPE_CHECKING:
     from vllm_mini.worker.worker import Worker
+
+logger = init_logger(__name__)
 
 # A worker method's name, or a function called as fn(worker, *args) inside the worker.
 RPCMethod = str | Callable[..., Any]
@@ -96,6 +99,13 @@ class Executor(ABC):
             f"the {self.parallel_config.distributed_executor_backend!r} executor runs its "
             "workers in other processes: there is no in-process worker or model runner to reach"
         )
+
+    def _fail(self, reason: str) -> None:
+        """A worker is gone: remember why (every later call re-raises it), stop the rest, raise."""
+        self.failure = WorkerDiedError(f"{reason}; the engine has stopped all its workers")
+        logger.error("%s", self.failure)
+        self.shutdown()
+        raise self.failure
 
     def shutdown(self) -> None:  # noqa: B027 - nothing to stop in-process; mp overrides it
         """Stop the workers; safe to call twice."""

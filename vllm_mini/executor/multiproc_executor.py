@@ -37,9 +37,6 @@ import torch.multiprocessing as mp
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.executor.abstract import Executor, RPCMethod, WorkerDiedError
-from vllm_mini.logger import init_logger
-
-logger = init_logger(__name__)
 
 # Seconds to wait for the workers' start-up (model load) and for a clean exit at shutdown.
 STARTUP_TIMEOUT_S = 300.0
@@ -122,12 +119,6 @@ class MultiprocExecutor(Executor):
                 self._fail(f"worker rank {rank} failed:\n{value}")
             answers.append(value)
         return answers
-
-    def _fail(self, reason: str) -> None:
-        self.failure = WorkerDiedError(f"{reason}; the engine has stopped all its workers")
-        logger.error("%s", self.failure)
-        self.shutdown()
-        raise self.failure
 
     def shutdown(self) -> None:
         self._finalizer()

@@ -22,9 +22,6 @@ from typing import Any
 
 from vllm_mini.config import VllmConfig
 from vllm_mini.executor.abstract import Executor, RPCMethod, WorkerDiedError
-from vllm_mini.logger import init_logger
-
-logger = init_logger(__name__)
 
 STARTUP_TIMEOUT_S = 300.0
 
@@ -136,12 +133,6 @@ class RayDistributedExecutor(Executor):
                 rank = refs.index(ready[0])
                 self._fail(f"worker rank {rank} failed:\n{e}")
         return ray.get(refs)
-
-    def _fail(self, reason: str) -> None:
-        self.failure = WorkerDiedError(f"{reason}; the engine has stopped all its workers")
-        logger.error("%s", self.failure)
-        self.shutdown()
-        raise self.failure
 
     def shutdown(self) -> None:
         ray = getattr(self, "_ray", None)
