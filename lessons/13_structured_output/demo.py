@@ -78,7 +78,7 @@ def first_mask(llm: LLM, params: StructuredOutputsParams) -> list[int]:
     """The tokens the engine's backend allows at the first position of a constraint."""
     manager = llm.llm_engine.engine_core.scheduler.structured_output_manager
     key = get_structured_output_key(params, manager.config.disable_any_whitespace)
-    grammar = manager.backend.new_grammar(manager.backend.compile(key), 1)
+    grammar = manager.backend.new_grammar(manager.backend.compile(key))
     bitmask = manager.backend.allocate_token_bitmask(1)
     grammar.fill_bitmask(bitmask, 0)
     return unpack_bitmask(bitmask, manager.backend.vocab_size)[0].nonzero().flatten().tolist()
@@ -88,7 +88,7 @@ def fill_and_apply_microseconds(llm: LLM, rows: int = 4, repeats: int = 200) -> 
     """(one mask fill, masking a [rows, 49152] logits batch) in microseconds, for BROAD."""
     manager = llm.llm_engine.engine_core.scheduler.structured_output_manager
     key = get_structured_output_key(BROAD, manager.config.disable_any_whitespace)
-    grammar = manager.backend.new_grammar(manager.backend.compile(key), 1)
+    grammar = manager.backend.new_grammar(manager.backend.compile(key))
     bitmask = manager.backend.allocate_token_bitmask(rows)
     start = time.perf_counter()
     for _ in range(repeats):

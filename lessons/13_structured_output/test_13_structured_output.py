@@ -45,7 +45,7 @@ class ToyXgrammarBackend(XgrammarBackend):
 
 def regex_grammar(backend: XgrammarBackend, pattern: str) -> XgrammarGrammar:
     compiled = backend.compile((StructuredOutputOptions.REGEX, pattern, False))
-    return backend.new_grammar(compiled, max_rollback_tokens=8)
+    return backend.new_grammar(compiled)
 
 
 def engine_row(backend: XgrammarBackend, grammar: XgrammarGrammar) -> torch.Tensor:
@@ -256,12 +256,12 @@ def test_required_tool_schema_compiles_in_the_engines_backend():
     schema = impl.required_tool_schema([WEATHER, TIME])
     # Compact: xgrammar then allows exactly json.dumps' separators, ", " and ": ".
     key = (StructuredOutputOptions.JSON, json.dumps(schema), True)
-    grammar = backend.new_grammar(backend.compile(key), max_rollback_tokens=1)
+    grammar = backend.new_grammar(backend.compile(key))
     call = json.dumps([{"name": "get_weather", "parameters": {"city": "Paris"}}])
     for i, ch in enumerate(call):
         assert grammar.accept_tokens("r", [chars.index(ch)]), f"refused {call[: i + 1]!r}"
     assert engine_allowed(backend, grammar) == [len(chars)]  # complete: only EOS remains
-    wrong = backend.new_grammar(backend.compile(key), max_rollback_tokens=1)
+    wrong = backend.new_grammar(backend.compile(key))
     prefix = '[{"name": "get_wea'
     assert wrong.accept_tokens("r", [chars.index(c) for c in prefix])
     assert not wrong.accept_tokens("r", [chars.index("x")])  # no tool name continues so

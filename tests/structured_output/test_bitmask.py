@@ -87,7 +87,7 @@ def test_xgrammar_and_guidance_agree_on_allowed_tokens(backends, params, text):
     tokenization of them, xgrammar every token that spells a prefix (" ", " s", " so")."""
     tokenizer, xgr_backend, ll_backend = backends
     key = get_structured_output_key(params)
-    grammars = [b.new_grammar(b.compile(key), 4) for b in (xgr_backend, ll_backend)]
+    grammars = [b.new_grammar(b.compile(key)) for b in (xgr_backend, ll_backend)]
     masks = [b.allocate_token_bitmask(1) for b in (xgr_backend, ll_backend)]
     tokens = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
     for token in tokens:
@@ -108,7 +108,7 @@ def test_validate_tokens_stops_at_the_first_forbidden_token_and_rollback_undoes(
     good = tokenizer.encode("123", add_special_tokens=False)
     bad = tokenizer.encode("x", add_special_tokens=False)
     for backend in (xgr_backend, ll_backend):
-        grammar = backend.new_grammar(backend.compile(key), 4)
+        grammar = backend.new_grammar(backend.compile(key))
         assert grammar.validate_tokens(good + bad + good) == good
         assert grammar.accept_tokens("r", good)  # validate did not move the state
         grammar.rollback(len(good))

@@ -66,8 +66,6 @@ class StructuredOutputManager:
     def __init__(self, vllm_config: VllmConfig) -> None:
         self.vllm_config = vllm_config
         self.config = vllm_config.structured_outputs_config
-        spec = vllm_config.speculative_config
-        self.num_spec_tokens = spec.num_speculative_tokens if spec is not None else 0
         self.backend: StructuredOutputBackend | None = None  # built on the first constraint
         self._compiled: OrderedDict[StructuredOutputKey, Future] = OrderedDict()
         self._compile_pool: ThreadPoolExecutor | None = None
@@ -136,8 +134,7 @@ class StructuredOutputManager:
             so_request.error = f"structured_outputs.{so_request.params.kind}: {e}"
             logger.error("request %s: %s", request.request_id, so_request.error)
             return True
-        # Rollback room for the drafts walked through in grammar_bitmask.
-        so_request.grammar = self.backend.new_grammar(compiled, max(self.num_spec_tokens, 1))
+        so_request.grammar = self.backend.new_grammar(compiled)
         return True
 
     # ---------------------------------------------------------------------- masking
@@ -145,6 +142,8 @@ class StructuredOutputManager:
         self, requests: dict[str, Request], so: SchedulerOutput
     ) -> Future | GrammarOutput | None:
         """The step's masks, filled on the helper thread (a Future) or now; None: no constraint."""
+        if self.backend is None:  # no constrained request has ever arrived: skip the scan
+            return None
         ids = [
             req_id
             for req_id in so.num_scheduled_tokens

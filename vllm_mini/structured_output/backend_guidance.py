@@ -57,7 +57,7 @@ class GuidanceBackend(StructuredOutputBackend):
             raise ValueError(f"structured_outputs.{key[0].value} is invalid for guidance: {error}")
         return grammar
 
-    def new_grammar(self, compiled: object, max_rollback_tokens: int) -> GuidanceGrammar:
+    def new_grammar(self, compiled: object) -> GuidanceGrammar:
         matcher = llguidance.LLMatcher(self.ll_tokenizer, compiled)
         return GuidanceGrammar(matcher, self.ll_tokenizer.eos_token)
 

@@ -65,8 +65,9 @@ class StructuredOutputBackend(ABC):
         """The compiled form of a constraint (slow; the manager caches it by key)."""
 
     @abstractmethod
-    def new_grammar(self, compiled: object, max_rollback_tokens: int) -> StructuredOutputGrammar:
-        """A fresh cursor at the start of a compiled constraint (cheap; one per request)."""
+    def new_grammar(self, compiled: object) -> StructuredOutputGrammar:
+        """A fresh cursor at the start of a compiled constraint (cheap; one per request). Both
+        libraries keep the history that `rollback` needs without being told how much."""
 
     def allocate_token_bitmask(self, num_rows: int) -> torch.Tensor:
         """int32 [num_rows, ceil(vocab_size / 32)]: 32 tokens per word, all allowed (-1)."""

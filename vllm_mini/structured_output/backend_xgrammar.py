@@ -52,8 +52,7 @@ class XgrammarBackend(StructuredOutputBackend):
             return self.compiler.compile_grammar(spec)
         return self.compiler.compile_structural_tag(spec)
 
-    def new_grammar(self, compiled: object, max_rollback_tokens: int) -> XgrammarGrammar:
-        # (xgrammar keeps unlimited rollback history: max_rollback_tokens needs no setting.)
+    def new_grammar(self, compiled: object) -> XgrammarGrammar:
         return XgrammarGrammar(xgr.GrammarMatcher(compiled))
 
 

@@ -44,9 +44,9 @@ def get_structured_output_key(
     return kind, spec, compact
 
 
-def choice_as_grammar(choices: list[str], rule: str = "root ::= ") -> str:
-    """`["yes", "no"]` -> `root ::= "yes" | "no"` (JSON string escapes are valid in EBNF/Lark)."""
-    return rule + " | ".join(json.dumps(c) for c in choices)
+def choice_as_grammar(choices: list[str]) -> str:
+    """`["yes", "no"]` -> `root ::= "yes" | "no"` (JSON string escapes are valid in EBNF)."""
+    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
 
 
 def _forbid_additional_properties(schema: Any) -> Any:

@@ -14,8 +14,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from vllm_mini.entrypoints.openai.base_protocol import (
+    ChatCompletionNamedToolChoiceParam,
+    ChatCompletionToolsParam,
+    DeltaToolCall,
+    OpenAIBaseModel,
+    ResponseFormat,
+    ToolCall,
+)
 from vllm_mini.sampling_params import SamplingParams, StructuredOutputsParams
 from vllm_mini.tool_parsers.utils import get_json_schema_from_tools
 
@@ -27,11 +35,6 @@ CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # Every integer ends up in an int64 tensor: a bigger one would crash the engine step, not just
 # this request, so it is refused here (ranges within int64 are SamplingParams' business).
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-
-
-class OpenAIBaseModel(BaseModel):
-    # NaN/inf are legal in Python's JSON parser but meaningless as sampling parameters.
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class ErrorInfo(BaseModel):
@@ -56,21 +59,6 @@ class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-
-
-class JsonSchemaResponseFormat(OpenAIBaseModel):
-    name: str = "response"
-    description: str | None = None
-    # `schema` would shadow a pydantic method: stored as json_schema, spelled "schema" in JSON.
-    json_schema: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(OpenAIBaseModel):
-    """OpenAI's response_format: plain text, any JSON object, or JSON matching a schema."""
-
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaResponseFormat | None = None
 
 
 class SamplingRequest(OpenAIBaseModel):
@@ -131,7 +119,7 @@ class SamplingRequest(OpenAIBaseModel):
             **same_name,
         )
 
-    def _structured_outputs(self) -> StructuredOutputsParams | None:
+    def _structured_outputs(self) -> StructuredOutputsParams | dict[str, Any] | None:
         fmt = self.response_format
         if fmt is not None and fmt.type != "text":
             if self.structured_outputs is not None:
@@ -143,13 +131,7 @@ class SamplingRequest(OpenAIBaseModel):
                     'response_format.json_schema.schema is required when type is "json_schema"'
                 )
             return StructuredOutputsParams(json=fmt.json_schema.json_schema)
-        if self.structured_outputs is None:
-            return None
-        known = set(StructuredOutputsParams.__dataclass_fields__)
-        unknown = sorted(set(self.structured_outputs) - known)
-        if unknown:
-            raise ValueError(f"unknown structured_outputs fields {unknown}; known: {sorted(known)}")
-        return StructuredOutputsParams(**self.structured_outputs)
+        return self.structured_outputs  # a dict: SamplingParams reads and checks it
 
 
 # Request fields that SamplingParams takes as they are (same name, same meaning).
@@ -266,26 +248,6 @@ class ChatMessage(OpenAIBaseModel):
         return content
 
 
-class FunctionDefinition(OpenAIBaseModel):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
-
-
-class ChatCompletionToolsParam(OpenAIBaseModel):
-    type: Literal["function"] = "function"
-    function: FunctionDefinition
-
-
-class ChatCompletionNamedFunction(OpenAIBaseModel):
-    name: str
-
-
-class ChatCompletionNamedToolChoiceParam(OpenAIBaseModel):
-    type: Literal["function"] = "function"
-    function: ChatCompletionNamedFunction
-
-
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Int64 | None = None  # deprecated by OpenAI in favour of max_completion_tokens
@@ -355,21 +317,6 @@ class ChatLogProbsContent(ChatLogProb):
 
 class ChatCompletionLogProbs(BaseModel):
     content: list[ChatLogProbsContent] | None = None
-
-
-class FunctionCall(BaseModel):
-    name: str
-    arguments: str  # JSON text
-
-
-class ToolCall(BaseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class DeltaToolCall(ToolCall):
-    index: int
 
 
 class ChatResponseMessage(BaseModel):

@@ -19,10 +19,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 from vllm_mini.engine.async_llm import AsyncLLM
+from vllm_mini.entrypoints.openai.base_protocol import (
+    ChatCompletionNamedToolChoiceParam,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
+)
 from vllm_mini.entrypoints.openai.metrics import ServerMetrics
 from vllm_mini.entrypoints.openai.protocol import (
     ChatCompletionLogProbs,
-    ChatCompletionNamedToolChoiceParam,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
@@ -32,10 +37,7 @@ from vllm_mini.entrypoints.openai.protocol import (
     ChatLogProbsContent,
     ChatResponseMessage,
     DeltaMessage,
-    DeltaToolCall,
     ErrorResponse,
-    FunctionCall,
-    ToolCall,
     UsageInfo,
 )
 from vllm_mini.entrypoints.openai.serving_engine import (
