@@ -5,8 +5,9 @@ CMakeLists.txt and cmake/cpu_extension.cmake; one C++ file needs no CMake, so we
 own `BuildExtension` the sources and flags directly). The result is a shared library inside the
 package, imported like any module:
 
-- `vllm_mini._C`: the CPU PagedAttention kernel, csrc/cpu/paged_attention.cpp (always built;
-  needs g++ with OpenMP).
+- `vllm_mini._C`: the CPU PagedAttention kernel, csrc/cpu/paged_attention.cpp, the W4A16 and
+  GGUF matmuls, and the fused per-layer ops of csrc/cpu/layer_kernels.cpp (always built; needs
+  g++ with OpenMP).
 - `vllm_mini._C_cuda`: the CUDA kernels of csrc/attention/ and csrc/cache_kernels.cu, built only
   when torch was built with CUDA and a CUDA toolkit (nvcc) is installed.
 
@@ -59,6 +60,7 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/paged_attention.cpp",
             "csrc/cpu/w4a16_gemm.cpp",
             "csrc/cpu/gguf_gemm.cpp",
+            "csrc/cpu/layer_kernels.cpp",
         ],
         depends=["csrc/cpu/cpu_types_x86.hpp"],  # an edited header rebuilds too; sdists carry it
         extra_compile_args={"cxx": CPU_CFLAGS},

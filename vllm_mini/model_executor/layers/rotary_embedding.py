@@ -7,7 +7,12 @@ Su et al. 2021), so q.k depends only on the distance between tokens. We precompu
 batch sit at unrelated positions, so the positions tensor is an explicit input.
 
 Pairing follows the GPT-NeoX / HF Llama layout (`rotate_half`): dimension i pairs with i + d/2.
-Next: vocab_parallel_embedding.py.
+
+`forward_native` is the torch reference; on CPU `forward_cpu` rotates q and k in place with one
+C++ kernel (csrc/cpu/layer_kernels.cpp, the role of vLLM's csrc/cpu/pos_encoding.cpp) that reads
+each token's row of the cos/sin table itself, so that path needs no lookup memo. The in-place
+write lands in the qkv projection's output, whose q and k columns nothing reads unrotated.
+fused_cpu_ops.py says when the kernel applies. Next: vocab_parallel_embedding.py.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from vllm_mini.model_executor.layers import fused_cpu_ops
 
 
 def _default_inv_freq(rotary_dim: int, base: float) -> torch.Tensor:
@@ -91,6 +98,29 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if (
+            fused_cpu_ops.fused_ops_apply(query)
+            and key.dtype == query.dtype == self.cos_sin_cache.dtype
+            and query.dim() == 2
+            and key.dim() == 2
+            and positions.dim() == 1
+            and positions.is_contiguous()
+        ):
+            return self.forward_cpu(positions, query, key)
+        return self.forward_native(positions, query, key)
+
+    def forward_cpu(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotates query and key in place (they may be column slices of one qkv buffer)."""
+        return fused_cpu_ops.rotary_embedding(
+            positions, query, key, self.head_size, self.cos_sin_cache, is_neox=True
+        )
+
+    def forward_native(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The torch reference: returns new tensors, leaves query and key untouched."""
         # positions: [num_tokens]; query: [num_tokens, num_heads * head_size]; key likewise.
         # The count is read off `query`, not `positions`: under torch.compile the two inputs have
         # separate symbolic sizes, and mixing them makes every layer's shapes a longer formula
