@@ -1,12 +1,14 @@
 """The C++ CPU PagedAttention kernel (csrc/cpu/paged_attention.cpp), compiled at install time.
 
 Stage 4. Mirrors vLLM's CPU attention backend (vllm/v1/attention/backends/cpu_attn.py with
-csrc/cpu/cpu_attn.cpp): decode tokens go to the paged C++ kernel, while sequences with many new
-tokens (prefills and prefill chunks) go to torch's SDPA, whose fused kernels use matrix-matrix
-products — many queries share each K/V row, which a one-query-at-a-time kernel cannot exploit.
-The C++ kernel itself handles any query length (the tests check it on prefills too), so short
-queries stay in it: a speculative-decoding step verifies 1 + k tokens per sequence (stage 11),
-and gathering the sequence's K/V for SDPA would cost more than attending to it.
+csrc/cpu/cpu_attn.cpp), whose kernel reads the paged cache directly for decodes and prefills
+alike. Here too the C++ kernel takes every sequence with up to KERNEL_MAX_QUERY new tokens
+(cpu_attn_plan.py): decodes, draft verification (stage 11), and on a 2-core AVX-512 CPU prompts
+of up to ~1024 tokens, where it measured faster than torch's SDPA (which must first gather the
+K/V out of the blocks, and whose matrix-matrix tiles pay only for long queries). Longer
+sequences go to SDPA: a fresh prompt attends the step's new K/V as the layer received them, a
+chunk after a cached prefix gathers its blocks. `run_plan` executes a step's plan; the ops
+interface's `paged_attention` plans each call itself.
 
 `pip install --no-build-isolation -e .` compiles the file with the system g++ (setup.py, like
 vLLM's setup.py builds its csrc/) into the extension module `vllm_mini._C`, which this file imports
