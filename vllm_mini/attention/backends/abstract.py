@@ -11,8 +11,8 @@ of backends is in attention/selector.py. Next: naive.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
@@ -37,6 +37,13 @@ class AttentionMetadata:
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
     req_ids: list[str]
+    # Whatever a backend derives from the fields above once per step and reuses in all of the
+    # model's layers (vLLM builds it in the backend's metadata builder, e.g. the CPU backend's
+    # split into decode and prefill rows). Keyed by backend; never passed to __init__, so a
+    # `dataclasses.replace` copy (the CUDA-graph runner's) starts with an empty one.
+    backend_cache: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def num_seqs(self) -> int:

@@ -17,6 +17,7 @@ from vllm_mini.attention.backends.abstract import (
     AttentionMetadata,
 )
 from vllm_mini.attention.ops import get_paged_attention_ops
+from vllm_mini.attention.ops.cpu_attn_plan import build_plan
 
 
 class PagedAttentionBackend(AttentionBackend):
@@ -39,6 +40,12 @@ class TritonPagedAttentionBackend(PagedAttentionBackend):
 
 class CpuPagedAttentionBackend(PagedAttentionBackend):
     name = "cpu"  # the C++ kernels in csrc/cpu
+
+    @classmethod
+    def make_impl(
+        cls, num_heads: int, head_size: int, scale: float, num_kv_heads: int
+    ) -> PagedAttentionImpl:
+        return CpuPagedAttentionImpl(num_heads, head_size, scale, num_kv_heads, ops_name=cls.name)
 
 
 class CudaPagedAttentionBackend(PagedAttentionBackend):
@@ -80,3 +87,48 @@ class PagedAttentionImpl(AttentionImpl):
             attn_metadata.max_seq_len,
             self.scale,
         )
+
+
+class CpuPagedAttentionImpl(PagedAttentionImpl):
+    """The CPU backend: one plan per step, shared by all layers, and the new K/V handed on.
+
+    Which rows the C++ kernel takes and what SDPA needs for the longer sequences (row ranges,
+    block ids, masks) depends only on the step, so the first layer builds it and caches it on the
+    metadata (vLLM: the CPU backend's metadata builder, vllm/v1/attention/backends/cpu_attn.py).
+    A fresh prompt's K/V are this layer's inputs: SDPA reads them there, not back from the cache.
+    """
+
+    def __init__(
+        self, num_heads: int, head_size: int, scale: float, num_kv_heads: int, ops_name: str
+    ) -> None:
+        super().__init__(num_heads, head_size, scale, num_kv_heads, ops_name)
+        from vllm_mini.attention.ops.cpu_paged_attn import run_plan  # needs the built _C
+
+        self._run_plan = run_plan
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        if kv_cache is None:
+            raise RuntimeError("paged attention ran before the model runner bound a KV cache")
+        key_cache, value_cache = kv_cache[0], kv_cache[1]
+        self.ops.reshape_and_cache(key, value, key_cache, value_cache, attn_metadata.slot_mapping)
+        block_size = key_cache.shape[1]
+        cache_key = f"cpu/{block_size}"  # the only per-layer input the plan depends on
+        plan = attn_metadata.backend_cache.get(cache_key)
+        if plan is None:
+            plan = build_plan(
+                attn_metadata.query_start_loc_cpu,
+                attn_metadata.seq_lens_cpu,
+                attn_metadata.query_start_loc,
+                attn_metadata.seq_lens,
+                attn_metadata.block_table,
+                block_size,
+            )
+            attn_metadata.backend_cache[cache_key] = plan
+        return self._run_plan(query, key, value, key_cache, value_cache, plan, self.scale)
