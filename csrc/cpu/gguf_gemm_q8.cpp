@@ -78,24 +78,43 @@ struct QuantizedX {
   std::vector<float> sx;      // [M, S] dx * sum(c) per block (Q4_1's min term), zero-padded
 };
 
-// One block of 32 x values -> codes, scale dx and code sum. The float steps are written out
-// (dx = amax * (1/127), inv = 1/dx, c = round_half_even(x * inv)) so that the torch reference
-// can repeat them bit for bit. -ffast-math (setup.py) would be free to rewrite 1 / (amax / 127)
-// as 127 * (1 / amax), one rounding different, which moves a code sitting near .5 by one: this
-// function alone is compiled with IEEE semantics.
-__attribute__((optimize("no-fast-math"))) void quantize_block(const float* x, int8_t* codes, float* dx_out, int32_t* csum_out) {
+// A block's scale and its inverse: dx = amax * (1/127), inv = 1/dx (0 for an all-zero block).
+// Written out so that the torch reference can repeat them bit for bit; -ffast-math (setup.py)
+// would be free to rewrite 1 / (amax * (1/127)) as 127 * (1 / amax), one rounding different,
+// which moves a code sitting near .5 by one: this function alone is compiled with IEEE semantics.
+__attribute__((noinline, optimize("no-fast-math"))) float block_scale(float amax, float* inv) {
+  const float dx = amax * (1.0f / 127.0f);
+  *inv = dx > 0.f ? 1.0f / dx : 0.f;
+  return dx;
+}
+
+// One block of 32 x values -> codes c = round_half_even(x * inv), its scale dx and sum(c).
+inline void quantize_block(const float* x, int8_t* codes, float* dx_out, int32_t* csum_out) {
+#ifdef VLLM_MINI_Q8_VNNI
+  const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  float inv;
+  *dx_out = block_scale(amax, &inv);
+  const __m512 vi = _mm512_set1_ps(inv);
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m512i c0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vi), kRound);
+  const __m512i c1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, vi), kRound);
+  _mm_storeu_si128((__m128i*)codes, _mm512_cvtepi32_epi8(c0));
+  _mm_storeu_si128((__m128i*)(codes + 16), _mm512_cvtepi32_epi8(c1));
+  *csum_out = _mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
+#else
   float amax = 0.f;
   for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
-  const float dx = amax * (1.0f / 127.0f);
-  const float inv = dx > 0.f ? 1.0f / dx : 0.f;
+  float inv;
+  *dx_out = block_scale(amax, &inv);
   int32_t csum = 0;
   for (int j = 0; j < 32; ++j) {
     const int32_t c = static_cast<int32_t>(std::nearbyint(x[j] * inv));
     codes[j] = static_cast<int8_t>(c);
     csum += c;
   }
-  *dx_out = dx;
   *csum_out = csum;
+#endif
 }
 
 QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
@@ -103,7 +122,9 @@ QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
   const int64_t S = (nb + 15) / 16 * 16;
   QuantizedX q{P, std::vector<int8_t>(M * P * 64, 0),
                std::vector<float>(M * P * 16, 0.f), S, std::vector<float>(M * S, 0.f)};
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+  // Quantizing is ~1% of the matmul's work: one thread unless x is large (a parallel region
+  // costs more than quantizing a few rows).
+  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / K), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       for (int64_t b = 0; b < nb; ++b) {
         float dx;
