@@ -61,6 +61,7 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/w4a16_gemm.cpp",
             "csrc/cpu/gguf_gemm.cpp",
             "csrc/cpu/layer_kernels.cpp",
+            "csrc/cpu/gguf_gemm_q8.cpp",
         ],
         depends=["csrc/cpu/cpu_types_x86.hpp"],  # an edited header rebuilds too; sdists carry it
         extra_compile_args={"cxx": CPU_CFLAGS},

@@ -11,7 +11,8 @@
 // - every other format (and the portable build): the row is decoded into a float buffer of K
 //   values (it stays in L1/L2), then dotted with each of the M rows of x.
 // Either way a row's bytes are read once per call however many tokens share it, and all
-// arithmetic is float32 (x is never quantized, unlike llama.cpp's int8 dot products), so the
+// arithmetic is float32 (x is never quantized here; csrc/cpu/gguf_gemm_q8.cpp is the int8
+// version, llama.cpp's way, which quantization/gguf.py prefers for 3-64 tokens), so the
 // result differs from the float reference only in summation order. For a big M (prefill) the caller in
 // quantization/gguf.py decodes the whole matrix once with `gguf_dequantize` and uses the float
 // GEMM instead: there, arithmetic, not reading the weight, is the bottleneck.

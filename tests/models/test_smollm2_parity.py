@@ -3,6 +3,10 @@
 Both sides read the same GGUF file independently: transformers dequantizes it with its own GGUF
 loader, we with ours (gguf_loader.py, including the Q/K un-permutation). 8 chat prompts, 32 new
 tokens each, float32, through the full engine (continuous batching, paged KV, the default backend).
+The GGUF method runs its float kernel here (VLLM_MINI_GGUF_INT8_ACT off): this checks the weight
+decoding against HF's; the int8-activation kernel rounds x to 8 bits, which flips near-ties over
+32 tokens (its greedy agreement is measured by benchmarks/quantization.py, its exactness against
+its own reference tested in tests/quantization/test_gguf_q8_kernel.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from vllm_mini import LLM, SamplingParams
+from vllm_mini.model_executor.layers.quantization.utils import gguf_ops
 
 PROMPTS = [
     "What is the capital of France?",
@@ -26,7 +31,9 @@ PROMPTS = [
 
 
 @pytest.mark.slow
-def test_greedy_generation_matches_hf(smollm2_gguf):
+def test_greedy_generation_matches_hf(smollm2_gguf, monkeypatch):
+    monkeypatch.setattr(gguf_ops, "INT8_ACTIVATIONS", False)
+    monkeypatch.setenv("VLLM_MINI_GGUF_INT8_ACT", "0")  # and in any worker process
     llm = LLM()
     tok = llm.get_tokenizer()
     prompt_ids = [

@@ -48,7 +48,9 @@ def test_kernel_dequantize_equals_reference(type_name):
 
 @pytest.mark.parametrize("type_name", QUANTIZED_TYPES + FLOAT_TYPES)
 @pytest.mark.parametrize("num_tokens", [1, 3, 5, 8, 17, 64])
-def test_gguf_matmul_equals_reference(type_name, num_tokens):
+def test_gguf_matmul_equals_reference(type_name, num_tokens, monkeypatch):
+    # The float kernel's contract; the int8-activation path has its own (test_gguf_q8_kernel.py).
+    monkeypatch.setattr(gguf_ops, "INT8_ACTIVATIONS", False)
     type_id = GGML_TYPE_BY_NAME[type_name].type_id
     for cols in _cols(type_name):
         blocks = make_blocks(type_name, rows=45, cols=cols, seed=num_tokens)

@@ -27,6 +27,7 @@ from vllm_mini.model_executor.layers.linear import (
 )
 from vllm_mini.model_executor.layers.quantization import get_quantization_config
 from vllm_mini.model_executor.layers.quantization.gguf import GGUFConfig
+from vllm_mini.model_executor.layers.quantization.utils import gguf_ops
 from vllm_mini.model_executor.layers.quantization.utils.gguf_quants import (
     GGML_TYPE_BY_NAME,
     dequantize,
@@ -43,6 +44,13 @@ def _load(layer, shard_id, type_name: str, rows: int, seed: int) -> torch.Tensor
     layer.qweight.weight_loader(layer.qweight, blocks, *args)
     layer.qweight_type.weight_loader(layer.qweight_type, torch.tensor(type_id), *args)
     return dequantize(blocks, type_id)
+
+
+@pytest.fixture(autouse=True)
+def float_kernel(monkeypatch):
+    # These tests check how the method lays out and decodes shards, to float precision: they pin
+    # the float kernel (the int8-activation path rounds x, test_gguf_q8_kernel.py covers it).
+    monkeypatch.setattr(gguf_ops, "INT8_ACTIVATIONS", False)
 
 
 def _check(layer, weight: torch.Tensor, num_tokens: int = 3) -> None:
