@@ -59,6 +59,7 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/paged_attention.cpp",
             "csrc/cpu/w4a16_gemm.cpp",
             "csrc/cpu/gguf_gemm.cpp",
+            "csrc/cpu/fp8_gemm.cpp",
         ],
         depends=["csrc/cpu/cpu_types_x86.hpp"],  # an edited header rebuilds too; sdists carry it
         extra_compile_args={"cxx": CPU_CFLAGS},

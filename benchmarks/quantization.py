@@ -14,7 +14,7 @@ method; another method is one more entry) we measure, in this one process, takin
   GGUF file with n_threads=2, or "absent".
 
     python benchmarks/quantization.py [--methods float32,gguf] [--skip-throughput] [--skip-quality]
-    python benchmarks/quantization.py --sweep-m    # gguf kernel vs decode+GEMM per token count
+    python benchmarks/quantization.py --sweep-m    # gguf and fp8 kernels vs decode+GEMM per M
 """
 
 from __future__ import annotations
@@ -219,6 +219,32 @@ def sweep_m() -> None:
             t_kernel = _median_ms(torch.ops.vllm_mini_C.gguf_gemm, x, blocks, 3)
             t_gemm = _median_ms(_decode_then_gemm, x, blocks, 3)
             print(f"| {m} | {n} x {k} | {t_kernel:.3f} | {t_gemm:.3f} |")
+    sweep_m_fp8()
+
+
+def sweep_m_fp8() -> None:
+    """The same for the fp8 kernel, per activation dtype: where fp8_ops.GEMM_MIN_TOKENS comes from."""
+    from vllm_mini.model_executor.layers.quantization.utils import fp8_ops, w8a8_utils
+
+    assert fp8_ops.KERNEL_AVAILABLE, "vllm_mini._C has no fp8_gemm: run `make kernels`"
+    print("\n| dtype | M | N x K | fp8 kernel ms | dequantize+GEMM ms |\n|---|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, k in ((1536 * 2, 576), (576, 1536)):
+            codes, scale = w8a8_utils.quantize_weight_fp8(torch.randn(n, k))
+            scale = scale.reshape(-1).contiguous()
+            for m in (1, 4, 8, 16, 32, 64, 128):
+                x = torch.randn(m, k).to(dtype)
+                t_kernel = _median_ms(
+                    torch.ops.vllm_mini_C.fp8_gemm, x, codes.view(torch.uint8), scale
+                )
+                t_gemm = _median_ms(_fp8_dequantize_then_gemm, x, codes, scale)
+                print(f"| {dtype} | {m} | {n} x {k} | {t_kernel:.3f} | {t_gemm:.3f} |")
+
+
+def _fp8_dequantize_then_gemm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor):
+    from vllm_mini.model_executor.layers.quantization.utils.fp8_ops import fp8_dequantize
+
+    return torch.nn.functional.linear(x, fp8_dequantize(codes, scale).to(x.dtype))
 
 
 def _decode_then_gemm(x: torch.Tensor, blocks: torch.Tensor, type_id: int) -> torch.Tensor:
