@@ -23,10 +23,13 @@ import argparse
 import gc
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +52,22 @@ class Method:
     name: str  # the row label (and what --methods selects)
     llm_kwargs: dict = field(default_factory=dict)  # LLM(...) / EngineArgs(...) arguments
     note: str = ""
+    env: dict = field(default_factory=dict)  # environment while the model loads (path switches)
+
+
+@contextmanager
+def method_env(method: Method) -> Iterator[None]:
+    """Set the method's environment variables while its model loads, then restore them."""
+    saved = {key: os.environ.get(key) for key in method.env}
+    os.environ.update(method.env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 QUANTIZED = cache_root() / "quantized"  # where quantized_checkpoints.py caches its checkpoints
@@ -59,7 +78,19 @@ METHODS = [
     Method(
         "fp8",
         {"quantization": "fp8", "dtype": "float32"},
-        "online fp8 per channel (CPU: weight-only)",
+        "online fp8 per channel, C++ W8A16 kernel (codes stay fp8)",
+    ),
+    Method(
+        "fp8-bf16",
+        {"quantization": "fp8", "dtype": "bfloat16"},
+        "online fp8 per channel, kernel, bfloat16 activations",
+    ),
+    # The path before the kernel: the fp8 weight dequantized once to float32 after loading.
+    Method(
+        "fp8-dequant",
+        {"quantization": "fp8", "dtype": "float32"},
+        "online fp8, dequantized once (VLLM_MINI_CPU_FP8_KERNEL=0)",
+        env={"VLLM_MINI_CPU_FP8_KERNEL": "0"},
     ),
     # llm-compressor checkpoints of the same float32 weights: make them first with
     # `python benchmarks/quantized_checkpoints.py w8a8-int8-rtn` (and fp8-dynamic).
@@ -76,6 +107,16 @@ METHODS = [
         {"model": str(QUANTIZED / "w4a16-rtn")},
         "compressed-tensors W4A16, C++ int4 kernel",
     ),
+    # Calibrated 4-bit rounding on the same grid (groups of 64) and kernel: GPTQ from
+    # `python benchmarks/quantized_checkpoints.py w4a16-gptq` (llm-compressor, 64 x 256 tokens of
+    # pydoc topics), AWQ from `python benchmarks/autoawq_checkpoints.py --model smollm2`
+    # (AutoAWQ 0.2.9, 32 windows of the same text). Neither sees the perplexity text (GPL-3).
+    Method(
+        "w4a16-gptq",
+        {"model": str(QUANTIZED / "w4a16-gptq")},
+        "llm-compressor GPTQ W4A16, calibrated",
+    ),
+    Method("awq", {"model": str(QUANTIZED / "awq-autoawq")}, "AutoAWQ 4-bit, calibrated"),
 ]
 PROMPTS = [
     "What is the capital of France?",
@@ -140,7 +181,8 @@ def english_text() -> tuple[str, str]:
 def scoring_model(method: Method) -> torch.nn.Module:
     """The method's model alone, on the naive attention backend: one call scores a window."""
     args = EngineArgs(attention_backend="naive", **method.llm_kwargs)
-    return get_model(args.create_engine_config())
+    with method_env(method):
+        return get_model(args.create_engine_config())
 
 
 def _window_metadata(req_id: str, n: int) -> AttentionMetadata:
@@ -288,7 +330,8 @@ def main() -> None:
     text_source, text = english_text()
     rows, reference_greedy, gguf_file = [], None, None
     for method in chosen:
-        llm = LLM(**method.llm_kwargs)
+        with method_env(method):
+            llm = LLM(**method.llm_kwargs)
         model = llm.llm_engine.engine_core.worker.model_runner.model
         gguf_file = gguf_file or llm.llm_engine.vllm_config.model_config.source.gguf_file
         row = {"method": method.name, "note": method.note, "bytes": weight_bytes(model)}
