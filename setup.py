@@ -5,9 +5,9 @@ CMakeLists.txt and cmake/cpu_extension.cmake; one C++ file needs no CMake, so we
 own `BuildExtension` the sources and flags directly). The result is a shared library inside the
 package, imported like any module:
 
-- `vllm_mini._C`: the CPU PagedAttention kernel, csrc/cpu/paged_attention.cpp, the W4A16 and
-  GGUF matmuls, and the fused per-layer ops of csrc/cpu/layer_kernels.cpp (always built; needs
-  g++ with OpenMP).
+- `vllm_mini._C`: the CPU PagedAttention kernel, csrc/cpu/paged_attention.cpp, the W4A16, GGUF
+  (float and int8-activation) and FP8 matmuls, and the fused per-layer ops of
+  csrc/cpu/layer_kernels.cpp (always built; needs g++ with OpenMP).
 - `vllm_mini._C_cuda`: the CUDA kernels of csrc/attention/ and csrc/cache_kernels.cu, built only
   when torch was built with CUDA and a CUDA toolkit (nvcc) is installed.
 
@@ -62,6 +62,7 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/gguf_gemm.cpp",
             "csrc/cpu/layer_kernels.cpp",
             "csrc/cpu/gguf_gemm_q8.cpp",
+            "csrc/cpu/fp8_gemm.cpp",
         ],
         depends=["csrc/cpu/cpu_types_x86.hpp"],  # an edited header rebuilds too; sdists carry it
         extra_compile_args={"cxx": CPU_CFLAGS},

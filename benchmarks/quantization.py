@@ -14,7 +14,7 @@ method; another method is one more entry) we measure, in this one process, takin
   GGUF file with n_threads=2, or "absent".
 
     python benchmarks/quantization.py [--methods float32,gguf] [--skip-throughput] [--skip-quality]
-    python benchmarks/quantization.py --sweep-m    # gguf kernel vs decode+GEMM per token count
+    python benchmarks/quantization.py --sweep-m    # gguf and fp8 kernels vs decode+GEMM per M
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ import argparse
 import gc
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +52,22 @@ class Method:
     name: str  # the row label (and what --methods selects)
     llm_kwargs: dict = field(default_factory=dict)  # LLM(...) / EngineArgs(...) arguments
     note: str = ""
+    env: dict = field(default_factory=dict)  # environment while the model loads (path switches)
+
+
+@contextmanager
+def method_env(method: Method) -> Iterator[None]:
+    """Set the method's environment variables while its model loads, then restore them."""
+    saved = {key: os.environ.get(key) for key in method.env}
+    os.environ.update(method.env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 QUANTIZED = cache_root() / "quantized"  # where quantized_checkpoints.py caches its checkpoints
@@ -59,7 +78,19 @@ METHODS = [
     Method(
         "fp8",
         {"quantization": "fp8", "dtype": "float32"},
-        "online fp8 per channel (CPU: weight-only)",
+        "online fp8 per channel, C++ W8A16 kernel (codes stay fp8)",
+    ),
+    Method(
+        "fp8-bf16",
+        {"quantization": "fp8", "dtype": "bfloat16"},
+        "online fp8 per channel, kernel, bfloat16 activations",
+    ),
+    # The path before the kernel: the fp8 weight dequantized once to float32 after loading.
+    Method(
+        "fp8-dequant",
+        {"quantization": "fp8", "dtype": "float32"},
+        "online fp8, dequantized once (VLLM_MINI_CPU_FP8_KERNEL=0)",
+        env={"VLLM_MINI_CPU_FP8_KERNEL": "0"},
     ),
     # llm-compressor checkpoints of the same float32 weights: make them first with
     # `python benchmarks/quantized_checkpoints.py w8a8-int8-rtn` (and fp8-dynamic).
@@ -76,6 +107,16 @@ METHODS = [
         {"model": str(QUANTIZED / "w4a16-rtn")},
         "compressed-tensors W4A16, C++ int4 kernel",
     ),
+    # Calibrated 4-bit rounding on the same grid (groups of 64) and kernel: GPTQ from
+    # `python benchmarks/quantized_checkpoints.py w4a16-gptq` (llm-compressor, 64 x 256 tokens of
+    # pydoc topics), AWQ from `python benchmarks/autoawq_checkpoints.py --model smollm2`
+    # (AutoAWQ 0.2.9, 32 windows of the same text). Neither sees the perplexity text (GPL-3).
+    Method(
+        "w4a16-gptq",
+        {"model": str(QUANTIZED / "w4a16-gptq")},
+        "llm-compressor GPTQ W4A16, calibrated",
+    ),
+    Method("awq", {"model": str(QUANTIZED / "awq-autoawq")}, "AutoAWQ 4-bit, calibrated"),
 ]
 PROMPTS = [
     "What is the capital of France?",
@@ -140,7 +181,8 @@ def english_text() -> tuple[str, str]:
 def scoring_model(method: Method) -> torch.nn.Module:
     """The method's model alone, on the naive attention backend: one call scores a window."""
     args = EngineArgs(attention_backend="naive", **method.llm_kwargs)
-    return get_model(args.create_engine_config())
+    with method_env(method):
+        return get_model(args.create_engine_config())
 
 
 def _window_metadata(req_id: str, n: int) -> AttentionMetadata:
@@ -219,6 +261,32 @@ def sweep_m() -> None:
             t_kernel = _median_ms(torch.ops.vllm_mini_C.gguf_gemm, x, blocks, 3)
             t_gemm = _median_ms(_decode_then_gemm, x, blocks, 3)
             print(f"| {m} | {n} x {k} | {t_kernel:.3f} | {t_gemm:.3f} |")
+    sweep_m_fp8()
+
+
+def sweep_m_fp8() -> None:
+    """The same for the fp8 kernel, per activation dtype: where fp8_ops.GEMM_MIN_TOKENS comes from."""
+    from vllm_mini.model_executor.layers.quantization.utils import fp8_ops, w8a8_utils
+
+    assert fp8_ops.KERNEL_AVAILABLE, "vllm_mini._C has no fp8_gemm: run `make kernels`"
+    print("\n| dtype | M | N x K | fp8 kernel ms | dequantize+GEMM ms |\n|---|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, k in ((1536 * 2, 576), (576, 1536)):
+            codes, scale = w8a8_utils.quantize_weight_fp8(torch.randn(n, k))
+            scale = scale.reshape(-1).contiguous()
+            for m in (1, 4, 8, 16, 32, 64, 128):
+                x = torch.randn(m, k).to(dtype)
+                t_kernel = _median_ms(
+                    torch.ops.vllm_mini_C.fp8_gemm, x, codes.view(torch.uint8), scale
+                )
+                t_gemm = _median_ms(_fp8_dequantize_then_gemm, x, codes, scale)
+                print(f"| {dtype} | {m} | {n} x {k} | {t_kernel:.3f} | {t_gemm:.3f} |")
+
+
+def _fp8_dequantize_then_gemm(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor):
+    from vllm_mini.model_executor.layers.quantization.utils.fp8_ops import fp8_dequantize
+
+    return torch.nn.functional.linear(x, fp8_dequantize(codes, scale).to(x.dtype))
 
 
 def _decode_then_gemm(x: torch.Tensor, blocks: torch.Tensor, type_id: int) -> torch.Tensor:
@@ -262,7 +330,8 @@ def main() -> None:
     text_source, text = english_text()
     rows, reference_greedy, gguf_file = [], None, None
     for method in chosen:
-        llm = LLM(**method.llm_kwargs)
+        with method_env(method):
+            llm = LLM(**method.llm_kwargs)
         model = llm.llm_engine.engine_core.worker.model_runner.model
         gguf_file = gguf_file or llm.llm_engine.vllm_config.model_config.source.gguf_file
         row = {"method": method.name, "note": method.note, "bytes": weight_bytes(model)}

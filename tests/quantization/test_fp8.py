@@ -1,8 +1,9 @@
 """FP8 (float8_e4m3fn weights): the quantizer, both kernels, online `quantization="fp8"`, and
 llm-compressor's FP8_DYNAMIC checkpoints against HF transformers + compressed-tensors.
 
-This CPU has no fp8 matmul, so the engine runs fp8 layers weight-only (the weight dequantized
-once after loading). The W8A8 path (`torch._scaled_mm` with per-token fp8 activations, what an
+This CPU has no fp8 matmul, so the engine runs fp8 layers weight-only (the codes kept in memory
+and widened in the C++ kernel of csrc/cpu/fp8_gemm.cpp, tested on its own in
+test_fp8_cpu_kernel.py; or, with VLLM_MINI_CPU_FP8_KERNEL=0, dequantized once after loading). The W8A8 path (`torch._scaled_mm` with per-token fp8 activations, what an
 sm89+ GPU runs) is exercised here too by pretending the device has one: torch runs _scaled_mm
 on a CPU, slowly but exactly.
 """
@@ -26,6 +27,7 @@ from vllm_mini.model_executor.layers.quantization.compressed_tensors.compressed_
     CompressedTensorsConfig,
 )
 from vllm_mini.model_executor.layers.quantization.fp8 import Fp8Config
+from vllm_mini.model_executor.layers.quantization.utils import fp8_ops
 from vllm_mini.model_executor.model_loader import get_model
 
 FP8_CT = copy.deepcopy(W8A8)
@@ -86,10 +88,18 @@ def _fp8_qkv(per_tensor: bool, fp8_matmul: bool, monkeypatch):
     return layer, torch.cat(list(shards.values()))
 
 
+@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("per_tensor", [False, True])
-def test_fp8_scheme_weight_only_on_cpu_equals_the_dequantized_weights(per_tensor, monkeypatch):
+def test_fp8_scheme_weight_only_on_cpu_equals_the_dequantized_weights(
+    per_tensor, kernel, monkeypatch
+):
+    if kernel and not fp8_ops.KERNEL_AVAILABLE:
+        pytest.skip("vllm_mini._C has no fp8_gemm: run `make kernels`")
+    monkeypatch.setenv(fp8_ops.KERNEL_ENV, "1" if kernel else "0")
     layer, w_deq = _fp8_qkv(per_tensor, fp8_matmul=False, monkeypatch=monkeypatch)
-    assert layer.fp8_weight_only and layer.weight.dtype == torch.float32
+    assert layer.fp8_weight_only and layer.fp8_cpu_kernel == kernel
+    # The kernel keeps 1-byte codes; the switch-off path the dequantized float32 weight.
+    assert layer.weight.dtype == (torch.float8_e4m3fn if kernel else torch.float32)
     x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
     expected = x @ w_deq.t()
     if per_tensor:  # q and k were requantized to v's (largest) scale: one more rounding
@@ -117,9 +127,11 @@ def test_online_fp8_quantizes_every_linear_layer_of_a_float_checkpoint(tiny_llam
     attn = ours.model.layers[0].self_attn
     q_rows = attn.qkv_proj.num_heads * attn.qkv_proj.head_size
     codes, scale = w8a8.quantize_weight_fp8(hf.model.layers[0].self_attn.q_proj.weight)
-    torch.testing.assert_close(
-        attn.qkv_proj.weight[:q_rows], w8a8.dequantize_fp8(codes, scale, torch.float32)
+    qkv = attn.qkv_proj
+    weight = (
+        qkv.weight.float() * qkv.weight_scale.reshape(-1, 1) if qkv.fp8_cpu_kernel else qkv.weight
     )
+    torch.testing.assert_close(weight[:q_rows], w8a8.dequantize_fp8(codes, scale, torch.float32))
     ids = torch.randint(3, 384, (20,), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         float_logits = hf(ids[None]).logits[0]

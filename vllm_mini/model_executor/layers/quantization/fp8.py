@@ -12,7 +12,9 @@ Mirrors vllm/model_executor/layers/quantization/fp8.py. Two ways in:
   one scale per shard and is requantized to the largest, as in compressed-tensors.
 
 Activations are quantized per token at run time where the hardware multiplies fp8; elsewhere
-(our CPU) the layer runs weight-only (utils/w8a8_utils.py, finalize_fp8_linear). Next:
+(our CPU) the layer runs weight-only (utils/w8a8_utils.py, finalize_fp8_linear): the codes stay
+in memory, 1 byte a weight, and the C++ kernel of utils/fp8_ops.py widens them next to float
+activations. Next:
 compressed_tensors/compressed_tensors.py, the same kernels reached from llm-compressor's format.
 """
 

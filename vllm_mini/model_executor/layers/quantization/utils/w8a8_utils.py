@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from vllm_mini.model_executor.layers.quantization.utils import fp8_ops
+
 INT8_MAX = 127.0
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448.0
@@ -120,7 +122,7 @@ def fp8_scaled_mm(
     w_t: float8 [K, N] (a transposed view of the [N, K] weight: the layout _scaled_mm wants);
     w_scale: [1, N] per channel or a scalar. Fast where the hardware multiplies fp8 (NVIDIA
     sm89+); torch also runs it on a CPU, but by converting every element, so the CPU path of
-    the schemes uses fp8_weight_only_reference's idea instead (see compressed_tensors_w8a8_fp8.py).
+    the schemes runs weight-only instead (finalize_fp8_linear; utils/fp8_ops.py).
     """
     xq, x_scale = scaled_fp8_quant(x)
     n = w_t.shape[1]
@@ -146,9 +148,9 @@ def fp8_linear_reference(
 def fp8_matmul_supported(device: torch.device) -> bool:
     """Whether this device multiplies fp8 in hardware (NVIDIA Ada/Hopper and newer: sm89+).
 
-    On other devices the W8A8 FP8 methods run weight-only: the fp8 weight is dequantized once
-    after loading and activations stay in their float dtype (vLLM's fallback is the W8A16
-    Marlin kernel; compressed_tensors_w8a16_fp8.py).
+    On other devices the W8A8 FP8 methods run weight-only: activations stay in their float
+    dtype, and on a CPU the fp8 codes go to the C++ kernel of fp8_ops.py (vLLM's fallback is the
+    W8A16 Marlin kernel; compressed_tensors_w8a16_fp8.py).
     """
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
@@ -196,27 +198,39 @@ def finalize_fp8_linear(
     """Store an fp8 weight (codes [N, K], scale [N, 1] or []) the way apply_fp8_linear runs it.
 
     With an fp8 matmul (sm89+): the codes transposed ([K, N], _scaled_mm's operand) and the
-    scale as a [1, N] row. Without one (any CPU): the weight dequantized once to `dtype`,
-    stored column-major like UnquantizedLinearMethod's (linear.py says why), and no scale; also
-    with `weight_only` (a W8A16 checkpoint), whatever the device.
+    scale as a [1, N] row. Without one the layer runs weight-only (also with `weight_only`, a
+    W8A16 checkpoint, whatever the device): on a CPU with vllm_mini._C, the codes stay fp8
+    (1 byte a weight) next to a float32 scale ([N] or [1]) for the C++ kernel (fp8_ops.py);
+    elsewhere, or with VLLM_MINI_CPU_FP8_KERNEL=0, the weight is dequantized once to `dtype`,
+    stored column-major like UnquantizedLinearMethod's (linear.py says why), and has no scale.
     """
+    layer.fp8_cpu_kernel = False
     if fp8_matmul_supported(codes.device) and not weight_only:
         layer.weight = torch.nn.Parameter(codes.t(), requires_grad=False)
         layer.weight_scale = torch.nn.Parameter(scale.reshape(1, -1), requires_grad=False)
         layer.fp8_weight_only = False
+        return
+    layer.fp8_weight_only = True
+    if fp8_ops.use_cpu_kernel(codes.device):
+        layer.weight = torch.nn.Parameter(codes.contiguous(), requires_grad=False)
+        layer.weight_scale = torch.nn.Parameter(
+            scale.float().reshape(-1).contiguous(), requires_grad=False
+        )
+        layer.fp8_cpu_kernel = True
         return
     weight = dequantize_fp8(codes, scale.reshape(-1, 1), dtype)
     if weight.device.type == "cpu":
         weight = weight.t().contiguous().t()
     layer.weight = torch.nn.Parameter(weight, requires_grad=False)
     layer.weight_scale = None
-    layer.fp8_weight_only = True
 
 
 def apply_fp8_linear(
     layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """y = x @ W^T (+ bias) for a layer finalize_fp8_linear prepared. x: [..., K]."""
+    if layer.fp8_cpu_kernel:
+        return fp8_ops.fp8_matmul(x, layer.weight, layer.weight_scale, bias)
     if layer.fp8_weight_only:
         return torch.nn.functional.linear(x, layer.weight, bias)
     shape = x.shape

@@ -8,8 +8,8 @@ process_weights_after_loading requantizes to the largest, as vLLM does.
 
 The kernel depends on the hardware (utils/w8a8_utils.py, finalize_fp8_linear): with an fp8
 matmul (NVIDIA sm89+) each token is quantized to fp8 and `torch._scaled_mm` multiplies codes;
-elsewhere, our CPU included, the layer runs weight-only: the fp8 weight is dequantized once and
-activations stay float (vLLM falls back to its W8A16 scheme the same way). The fp8 rounding of
+elsewhere, our CPU included, the layer runs weight-only: activations stay float and the C++
+kernel of utils/fp8_ops.py reads the fp8 codes (vLLM falls back to its W8A16 scheme the same way). The fp8 rounding of
 the weights, the part that changes the model's numbers, is kept either way. Next:
 compressed_tensors.py, which picks a scheme for each layer.
 """
@@ -58,7 +58,7 @@ class CompressedTensorsW8A8Fp8(CompressedTensorsScheme):
         params_dtype: torch.dtype,
     ) -> None:
         layer.logical_widths = output_partition_sizes
-        layer.orig_dtype = params_dtype  # the weight-only path dequantizes to it
+        layer.orig_dtype = params_dtype  # VLLM_MINI_CPU_FP8_KERNEL=0 dequantizes to it
         weight = nn.Parameter(
             torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=FP8_DTYPE),
             requires_grad=False,
