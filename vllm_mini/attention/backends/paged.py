@@ -63,6 +63,21 @@ class PagedAttentionImpl(AttentionImpl):
         self.ops_name = ops_name
         self.ops = get_paged_attention_ops(ops_name)
 
+    def _write_cache(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's new K/V in their slots; returns the (key, value) caches."""
+        if kv_cache is None:
+            raise RuntimeError("paged attention ran before the model runner bound a KV cache")
+        # kv_cache: [2, num_blocks, block_size, num_kv_heads, head_size]
+        key_cache, value_cache = kv_cache[0], kv_cache[1]
+        self.ops.reshape_and_cache(key, value, key_cache, value_cache, attn_metadata.slot_mapping)
+        return key_cache, value_cache
+
     def forward(
         self,
         query: torch.Tensor,
@@ -71,11 +86,7 @@ class PagedAttentionImpl(AttentionImpl):
         kv_cache: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        if kv_cache is None:
-            raise RuntimeError("paged attention ran before the model runner bound a KV cache")
-        # kv_cache: [2, num_blocks, block_size, num_kv_heads, head_size]
-        key_cache, value_cache = kv_cache[0], kv_cache[1]
-        self.ops.reshape_and_cache(key, value, key_cache, value_cache, attn_metadata.slot_mapping)
+        key_cache, value_cache = self._write_cache(key, value, kv_cache, attn_metadata)
         return self.ops.paged_attention(
             query,
             key_cache,
@@ -114,10 +125,7 @@ class CpuPagedAttentionImpl(PagedAttentionImpl):
         kv_cache: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        if kv_cache is None:
-            raise RuntimeError("paged attention ran before the model runner bound a KV cache")
-        key_cache, value_cache = kv_cache[0], kv_cache[1]
-        self.ops.reshape_and_cache(key, value, key_cache, value_cache, attn_metadata.slot_mapping)
+        key_cache, value_cache = self._write_cache(key, value, kv_cache, attn_metadata)
         block_size = key_cache.shape[1]
         cache_key = f"cpu/{block_size}"  # the only per-layer input the plan depends on
         plan = attn_metadata.backend_cache.get(cache_key)
