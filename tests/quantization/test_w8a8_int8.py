@@ -22,6 +22,7 @@ from tests.quantization.llmcompressor_checkpoints import (
 )
 from tests.quantization.test_compressed_tensors_config import W8A8, _args
 from vllm_mini.engine.arg_utils import EngineArgs
+from vllm_mini.model_executor.layers import fused_cpu_ops
 from vllm_mini.model_executor.layers.linear import QKVParallelLinear
 from vllm_mini.model_executor.layers.quantization.compressed_tensors.compressed_tensors import (
     CompressedTensorsConfig,
@@ -151,6 +152,11 @@ def test_llmcompressor_w8a8_tiny_model_matches_hf_compressed_tensors(tiny_w8a8, 
 @pytest.mark.slow
 def test_llmcompressor_w8a8_smollm2_matches_hf_compressed_tensors(monkeypatch):
     path = smollm2_checkpoint_or_skip("w8a8-int8-rtn")
+    # HF's float ops around the int8 matmuls are torch's: run ours the same way. The fused CPU
+    # kernels (tests/layers/test_cpu_fused_ops.py) sum in another order (~1e-6 relative), which
+    # is enough to move int8 codes across rounding boundaries on these flat random-token
+    # distributions (measured: 23 of 32 agree with them, 27 without).
+    monkeypatch.setattr(fused_cpu_ops, "ENABLED", False)
     ids = torch.randint(100, 40000, (32,), generator=torch.Generator().manual_seed(0))
     expected, ours = _logits_pair(path, ids)
     monkeypatch.setattr(w8a8, "INT8_MAX", 127.5)
@@ -161,6 +167,7 @@ def test_llmcompressor_w8a8_smollm2_matches_hf_compressed_tensors(monkeypatch):
     # grows (measured: 2.5 on logits of size ~20), so only position 0 is held to exactness.
     assert _per_position_error(same_rounding, expected)[0] < 1e-3
     monkeypatch.undo()
+    monkeypatch.setattr(fused_cpu_ops, "ENABLED", False)
     ours_default = _run(ours, ids, 0, len(ids), req_id="b")
     agree = (ours_default.argmax(-1) == expected.argmax(-1)).float().mean()
     # Random token ids make flat next-token distributions, where any rounding flips the

@@ -112,9 +112,10 @@ class RotaryEmbedding(nn.Module):
     def forward_cpu(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotates query and key in place (they may be column slices of one qkv buffer)."""
+        """Returns rotated copies, like forward_native: the kernel rotates in place, and a caller
+        (a lesson comparing its own rope with this layer, say) may still read its inputs after."""
         return fused_cpu_ops.rotary_embedding(
-            positions, query, key, self.head_size, self.cos_sin_cache, is_neox=True
+            positions, query.clone(), key.clone(), self.head_size, self.cos_sin_cache, is_neox=True
         )
 
     def forward_native(

@@ -18,9 +18,10 @@ may have different block types, so the method's own weight loader just collects 
 `process_weights_after_loading` then concatenates their rows into one matrix when the types agree
 (one kernel call) or keeps one matrix per shard (one call each, outputs concatenated).
 The embedding decodes only the rows it looks up; a tied LM head multiplies by the same blocks.
-For 3 to 64 tokens of float32 x (decode batches, speculative verifies) the Q4_0/Q4_1/Q8_0
-matmuls quantize x per block to int8 and use integer dot products (csrc/cpu/gguf_gemm_q8.cpp,
-AVX-512 VNNI); VLLM_MINI_GGUF_INT8_ACT=0 keeps the float kernel (utils/gguf_ops.py decides).
+With VLLM_MINI_GGUF_INT8_ACT=1, for 3 to 64 tokens of float32 x (decode batches, speculative
+verifies) the Q4_0/Q4_1/Q8_0 matmuls quantize x per block to int8 and use integer dot products
+(csrc/cpu/gguf_gemm_q8.cpp, AVX-512 VNNI); off by default, because a request's output would then
+depend on its batch neighbours (utils/gguf_ops.py says why and decides).
 Next: csrc/cpu/gguf_gemm.cpp, the kernel.
 """
 
