@@ -208,6 +208,30 @@ def test_layers_with_the_switch_on_and_off(monkeypatch, dtype):
         assert_matches(a, b, bf16_ulps=2)
 
 
+def test_rotary_layer_inplace_contract():
+    """By default the layer leaves its inputs alone (lessons read them after); with
+    inplace=True (what the model passes for its qkv views) the kernel rotates the views
+    themselves, strided rows of one qkv tensor, and the result is the same."""
+    torch.manual_seed(5)
+    head_size, tokens, d, kv = 64, 7, 576, 192
+    rope = RotaryEmbedding(head_size, head_size, 2048, 10000.0)
+    qkv = torch.randn(tokens, d + 2 * kv)
+    positions = torch.arange(3, 3 + tokens)
+    q, k, v = qkv.split([d, kv, kv], dim=-1)
+    ref_q, ref_k = rope.forward_native(positions, q, k)
+    before = qkv.clone()
+    out_q, out_k = rope(positions, q, k)
+    assert torch.equal(qkv, before)
+    rot_q, rot_k = rope(positions, q, k, inplace=True)
+    if fused_cpu_ops.fused_ops_apply(q):
+        assert rot_q.data_ptr() == q.data_ptr() and rot_k.data_ptr() == k.data_ptr()
+        assert not torch.equal(qkv[:, : d + kv], before[:, : d + kv])
+    assert torch.equal(qkv[:, d + kv :], before[:, d + kv :])  # v untouched
+    for got in ((out_q, out_k), (rot_q, rot_k)):
+        torch.testing.assert_close(got[0], ref_q, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1], ref_k, atol=1e-5, rtol=1e-5)
+
+
 def test_ops_trace_under_torch_compile():
     """Fake implementations and alias annotations: a compiled graph calling the ops directly
     (AOT autograd functionalizes the in-place ops, then writes the results back to the inputs)."""

@@ -96,8 +96,15 @@ class RotaryEmbedding(nn.Module):
         return self._cached_cos_sin
 
     def forward(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+        self,
+        positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        inplace: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated (query, key). `inplace=True` lets the CPU kernel rotate the caller's tensors
+        themselves (the model passes views of its fresh qkv output, which nothing else reads);
+        by default the inputs are left untouched, as forward_native leaves them."""
         if (
             fused_cpu_ops.fused_ops_apply(query)
             and key.dtype == query.dtype == self.cos_sin_cache.dtype
@@ -106,16 +113,23 @@ class RotaryEmbedding(nn.Module):
             and positions.dim() == 1
             and positions.is_contiguous()
         ):
-            return self.forward_cpu(positions, query, key)
+            return self.forward_cpu(positions, query, key, inplace)
         return self.forward_native(positions, query, key)
 
     def forward_cpu(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+        self,
+        positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        inplace: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns rotated copies, like forward_native: the kernel rotates in place, and a caller
-        (a lesson comparing its own rope with this layer, say) may still read its inputs after."""
+        """The kernel rotates in place (as vLLM's rotary op does), so unless the caller allows
+        that, it works on copies: a caller (a lesson comparing its own rope with this layer, say)
+        may still read its inputs after. The model allows it and saves two copies per layer."""
+        if not inplace:
+            query, key = query.clone(), key.clone()
         return fused_cpu_ops.rotary_embedding(
-            positions, query.clone(), key.clone(), self.head_size, self.cos_sin_cache, is_neox=True
+            positions, query, key, self.head_size, self.cos_sin_cache, is_neox=True
         )
 
     def forward_native(

@@ -138,7 +138,8 @@ class LlamaAttention(nn.Module):
             # Qwen3 normalises each head's q and k before RoPE.
             q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim)).reshape(q.shape)
             k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim)).reshape(k.shape)
-        q, k = self.rotary_emb(positions, q, k)
+        # q and k are views of this layer's own qkv output: the rotation may overwrite them.
+        q, k = self.rotary_emb(positions, q, k, inplace=True)
         attn_output = self.attn(q, k, v.contiguous())
         output, _ = self.o_proj(attn_output)
         return output
