@@ -15,7 +15,12 @@ carries the ratio vllm_mini / peer (> 1: we are faster). A peer that is absent o
 up as a word in its cell; the script itself never fails for it. The table is printed and appended
 to benchmarks/RESULTS.md. `--serve` adds the serving comparison (compare_serve.py).
 
-    python benchmarks/compare.py [--no-build] [--skip hf8,llamacpp] [--serve] [--note "busy"]
+`--rounds N` runs the whole set N times, every engine in a fresh process each round, and shows
+each cell's median over the rounds with its range. One round decides little: on this machine
+vLLM's own cells moved 5-22% between two runs with nothing changed, more than the repeats inside
+one process show (those share the process's thread placement and memory layout).
+
+    python benchmarks/compare.py [--no-build] [--skip hf8,llamacpp] [--rounds 3] [--serve]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,6 +93,8 @@ def format_cell(result: PeerResult | None, reference: PeerResult | None) -> str:
     if not result.ok:
         return result.missing
     text = f"{result.data['tok_s']:.1f}"
+    if len(rounds := result.data.get("rounds", [])) > 1:
+        text += f" [{min(rounds):.0f}-{max(rounds):.0f}]"
     if reference is not None and reference is not result and reference.ok:
         text += f" ({reference.data['tok_s'] / result.data['tok_s']:.2f}×)"
     return text
@@ -146,6 +154,28 @@ def run_all(rows: list[Row], paths: dict[str, str], repeats: dict[str, int], thr
     return results
 
 
+def median_over_rounds(
+    rounds: list[dict[tuple[str, str], PeerResult]],
+) -> dict[tuple[str, str], PeerResult]:
+    """Per cell, the median tok/s of the rounds that gave a figure (their list kept as
+    "rounds"); a cell with no figure in any round keeps the first round's reason."""
+    merged: dict[tuple[str, str], PeerResult] = {}
+    for key in rounds[0]:
+        good = [r[key] for r in rounds if key in r and r[key].ok]
+        if not good:
+            merged[key] = rounds[0][key]
+            continue
+        rates = [g.data["tok_s"] for g in good]
+        merged[key] = PeerResult(
+            data={
+                "tok_s": statistics.median(rates),
+                "rounds": rates,
+                "load": max(g.data.get("load", 0.0) for g in good),
+            }
+        )
+    return merged
+
+
 def machine_line(note: str, results: dict[tuple[str, str], PeerResult]) -> str:
     """Date, commit, CPU, torch, and how busy the shared machine was while the cells ran."""
     commit = subprocess.run(
@@ -181,6 +211,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats-throughput", type=int, default=1)
     parser.add_argument("--repeats-batch1", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="whole runs, medians shown")
     parser.add_argument("--threads", type=int, default=0, help="cores per engine (0: all)")
     parser.add_argument("--skip", default="", help=f"comma list of {', '.join(ROW_KEYS)}")
     parser.add_argument("--no-build", action="store_true", help="never build a missing peer")
@@ -221,11 +252,21 @@ def main() -> None:
         f"({sum(map(len, prompts))} in all), outputs {args.output_range[0]}-"
         f"{args.output_range[1]} ({sum(out_lens)} in all), seed {args.seed}; batch-1: prompt "
         f"{args.batch1[0]}, output {args.batch1[1]}; median of {args.repeats_batch1} batch-1 "
-        f"runs, {args.repeats_throughput} throughput run(s); "
-        f"{args.threads or 'all'} thread(s) per engine; output tok/s"
+        f"runs, {args.repeats_throughput} throughput run(s)"
+        + (
+            f", each a median over {args.rounds} rounds of fresh processes [range]; "
+            if args.rounds > 1
+            else "; "
+        )
+        + f"{args.threads or 'all'} thread(s) per engine; output tok/s"
     )
     print("workload:", desc, flush=True)
-    results = run_all(rows, paths, repeats, args.threads)
+    rounds = []
+    for i in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {i + 1} of {args.rounds}", flush=True)
+        rounds.append(run_all(rows, paths, repeats, args.threads))
+    results = median_over_rounds(rounds)
     tables = render_tables(rows, results)
     section = (
         "\n## Side by side — `benchmarks/compare.py`\n\n"
@@ -237,7 +278,9 @@ def main() -> None:
         from compare_serve import serve_comparison
 
         section += (
-            "\n" + serve_comparison(paths["hf_dir"] or str(ensure_hf_dir()), args.threads) + "\n"
+            "\n"
+            + serve_comparison(paths["hf_dir"] or str(ensure_hf_dir()), args.threads, args.rounds)
+            + "\n"
         )
     print(section)
     if args.results:

@@ -8,7 +8,11 @@ weights in fp32 (ours from the GGUF with --dtype float32, vLLM's from the HF saf
 The client shares the two cores with the server, alike for both. Without the vLLM venv there is
 no client: the section says so. Called by compare.py --serve, or on its own:
 
-    python benchmarks/compare_serve.py [--threads 1]
+`--rounds N` alternates the servers N times (each started fresh) and shows each metric's
+median, the spread across rounds in brackets: one round of 32 requests on 2 shared cores moves
+by tens of percent in TPOT when the server runs near its capacity.
+
+    python benchmarks/compare_serve.py [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,6 +131,19 @@ def bench_server(name: str, argv: list[str], env: dict, hf_dir: str, out: Path) 
         log.close()
 
 
+def median_of_rounds(runs: list[dict | str]) -> dict | str:
+    """One server's rounds -> the median of each metric (the rounds' values kept under
+    "<key>_rounds"); the first failure's reason if no round gave figures."""
+    good = [r for r in runs if isinstance(r, dict)]
+    if not good:
+        return runs[0]
+    merged: dict = {"completed": min(r.get("completed", 0) for r in good)}
+    for _, key, _ in METRICS:
+        values = [r[key] for r in good]
+        merged[key], merged[f"{key}_rounds"] = statistics.median(values), values
+    return merged
+
+
 def render_serve_table(results: dict[str, dict | str]) -> str:
     """Rows per server; peer cells carry vllm_mini's advantage (> 1: we do better)."""
     names = list(results)
@@ -140,6 +158,8 @@ def render_serve_table(results: dict[str, dict | str]) -> str:
         cells = []
         for _, key, higher_better in METRICS:
             text = f"{r[key]:.1f}"
+            if len(rounds := r.get(f"{key}_rounds", [])) > 1:
+                text += f" [{min(rounds):.0f}-{max(rounds):.0f}]"
             if r is not ref and isinstance(ref, dict) and r[key] and ref[key]:
                 ratio = ref[key] / r[key] if higher_better else r[key] / ref[key]
                 text += f" ({ratio:.2f}×)"
@@ -148,25 +168,29 @@ def render_serve_table(results: dict[str, dict | str]) -> str:
     return "\n".join(lines)
 
 
-def serve_comparison(hf_dir: str, threads: int = 0) -> str:
+def serve_comparison(hf_dir: str, threads: int = 0, rounds: int = 1) -> str:
     w = WORKLOAD
     title = "### Serving: `vllm-mini serve` vs vLLM's api_server, vLLM's `vllm.benchmarks.serve`\n"
     desc = (
         f"random dataset, {w['prompts']} prompts of {w['input']} tokens, {w['output']} output "
         f"tokens (ignore_eos), {w['rate']:g} req/s Poisson, seed 0, fp32; ratio in brackets: "
         "vllm_mini's advantage (its tok/s ÷ theirs, their ms ÷ ours; > 1: vllm_mini better); "
-        f"{threads or 'all'} thread(s) per server."
+        f"{threads or 'all'} thread(s) per server"
+        + (f"; median of {rounds} alternating rounds [range]." if rounds > 1 else ".")
     )
     if not has_peer("vllm"):
         return f"{title}\n{desc}\n\nvLLM peer venv absent: no client, no figures.\n"
     out = Path(tempfile.mkdtemp(prefix="vllm_mini_serve_"))
-    results: dict[str, dict | str] = {}
-    for name, (argv, env) in server_commands(free_port(), hf_dir, threads).items():
-        print(f"serving benchmark: {name} ...", flush=True)
-        results[name] = bench_server(name, argv, env, hf_dir, out)
+    runs: dict[str, list[dict | str]] = {}
+    for i in range(rounds):
+        for name, (argv, env) in server_commands(free_port(), hf_dir, threads).items():
+            print(f"serving benchmark: {name}, round {i + 1} of {rounds} ...", flush=True)
+            runs.setdefault(name, []).append(bench_server(name, argv, env, hf_dir, out))
+    results = {name: median_of_rounds(r) for name, r in runs.items()}
     return f"{title}\n{desc}\n\n{render_serve_table(results)}\n"
 
 
 if __name__ == "__main__":
     threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 0
-    print(serve_comparison(str(ensure_hf_dir()), threads))
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 1
+    print(serve_comparison(str(ensure_hf_dir()), threads, rounds))

@@ -56,6 +56,29 @@ def test_peer_cell_without_a_reference_figure_has_no_ratio():
     assert _row(table, "HF generate (batches of 16)")[0] == "40.0"
 
 
+def test_rounds_merge_into_medians_with_their_range():
+    key, peer, gone = (
+        ("vllm_mini", "throughput fp32"),
+        ("vLLM 0.32 CPU", "throughput fp32"),
+        (
+            "llama.cpp (Q4_1)",
+            "batch-1 Q4_1",
+        ),
+    )
+    rounds = [
+        {key: _ok(100.0), peer: _ok(90.0), gone: PeerResult(missing="absent")},
+        {key: _ok(130.0), peer: PeerResult(missing="failed"), gone: PeerResult(missing="x")},
+        {key: _ok(110.0), peer: _ok(120.0), gone: PeerResult(missing="y")},
+    ]
+    merged = compare.median_over_rounds(rounds)
+    assert merged[key].data["tok_s"] == 110.0 and merged[key].data["rounds"] == [100, 130, 110]
+    assert merged[peer].data["tok_s"] == 105.0  # the failed round is left out
+    assert merged[gone].missing == "absent"
+    table = compare.render_tables(compare.ROWS[:2], merged)
+    assert _row(table, "vllm_mini")[0] == "110.0 [100-130]"
+    assert _row(table, "vLLM 0.32 CPU")[0] == "105.0 [90-120] (1.05×)"
+
+
 def test_run_peer_never_raises(tmp_path):
     assert peers.run_peer(tmp_path / "no" / "python", ["x.py"]).missing == "absent"
     assert peers.run_peer(sys.executable, ["-c", "raise SystemExit(3)"]).missing == "failed"
@@ -106,6 +129,25 @@ def test_serve_table_ratios_favour_higher_throughput_and_lower_latency():
     table = compare_serve.render_serve_table({"vllm_mini": ours, "vLLM": theirs, "x": "absent"})
     assert _row(table, "vLLM")[:3] == ["80.0 (1.25×)", "100.0 (2.00×)", "10.0 (0.50×)"]
     assert _row(table, "x")[0] == "absent"
+
+
+def test_serve_rounds_merge_into_medians():
+    def run(tok_s: float, tpot: float) -> dict:
+        return {
+            "output_throughput": tok_s,
+            "mean_ttft_ms": 9.0,
+            "mean_tpot_ms": tpot,
+            "completed": 32,
+        }
+
+    merged = compare_serve.median_of_rounds(
+        [run(100, 60), "client failed", run(120, 40), run(90, 50)]
+    )
+    assert merged["output_throughput"] == 100 and merged["mean_tpot_ms"] == 50
+    assert merged["mean_tpot_ms_rounds"] == [60, 40, 50]
+    assert compare_serve.median_of_rounds(["server did not start", "x"]) == "server did not start"
+    table = compare_serve.render_serve_table({"vllm_mini": merged})
+    assert _row(table, "vllm_mini")[:3] == ["100.0 [90-120]", "9.0 [9-9]", "50.0 [40-60]"]
 
 
 def test_serve_comparison_without_vllm_venv_says_so(tmp_path, monkeypatch):
