@@ -63,8 +63,12 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/layer_kernels.cpp",
             "csrc/cpu/gguf_gemm_q8.cpp",
             "csrc/cpu/fp8_gemm.cpp",
+            "csrc/cpu/int8_quant.cpp",
         ],
-        depends=["csrc/cpu/cpu_types_x86.hpp"],  # an edited header rebuilds too; sdists carry it
+        depends=[
+            "csrc/cpu/cpu_types_x86.hpp",
+            "csrc/cpu/cpu_vec_io.hpp",
+        ],  # an edited header rebuilds too; sdists carry it
         extra_compile_args={"cxx": CPU_CFLAGS},
         extra_link_args=["-fopenmp"],
     )

@@ -32,6 +32,7 @@
 
 #ifdef __AVX512F__
 #include "cpu_types_x86.hpp"
+#include "cpu_vec_io.hpp"
 #endif
 
 namespace {
@@ -58,36 +59,12 @@ inline float round_as(float x, BFloat16) { return static_cast<float>(BFloat16(x)
 template <typename scalar_t>
 inline float round_to(float x) { return round_as(x, scalar_t()); }
 
-// ---- AVX-512 loads and stores of 16 lanes, masked for the tail of a row ----------------------
+// ---- AVX-512 loads and stores of 16 lanes, masked for the tail of a row (cpu_vec_io.hpp) ----
 #ifdef __AVX512F__
-inline __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-inline __m512 load(const BFloat16* p, __mmask16 m) {  // a bf16 is the top half of an fp32
-  const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-// bf16 bits of 16 floats, rounded to nearest even (NaN aside, as torch's conversion rounds).
-inline __m256i to_bf16_bits(__m512 x) {
-#ifdef __AVX512BF16__
-  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
-#else
-  const __m512i b = _mm512_castps_si512(x);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
-#endif
-}
-inline void store(float* p, __m512 x, __mmask16 m) { _mm512_mask_storeu_ps(p, m, x); }
-inline void store(BFloat16* p, __m512 x, __mmask16 m) {
-  _mm256_mask_storeu_epi16(p, m, to_bf16_bits(x));
-}
-// The float the store would write back on reading: the same rounding, kept in registers.
-inline __m512 round_vec(__m512 x, float) { return x; }
-inline __m512 round_vec(__m512 x, BFloat16) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16_bits(x)), 16));
-}
-template <typename scalar_t>
-inline __m512 round_v(__m512 x) { return round_vec(x, scalar_t()); }
-inline __mmask16 lanes(int64_t n) { return n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1); }
+using cpu_vec::lanes;
+using cpu_vec::load;
+using cpu_vec::round_v;
+using cpu_vec::store;
 #endif
 
 // ---- RMSNorm ---------------------------------------------------------------------------------

@@ -11,13 +11,20 @@ so the inner sum runs on 8-bit codes (int8: exact in int32, `torch._int_mm`) and
 scales are applied once per output element. int8 codes are round(v / s) in [-128, 127] with
 s = max|v| / 127; float8_e4m3fn codes are v / s rounded to the nearest e4m3 value, s = max|v| /
 448 (e4m3's largest finite value). Each fast function has its float reference here; the tests
-compare them. Next: compressed_tensors/schemes/compressed_tensors_w8a8_int8.py.
+compare them.
+
+On a CPU the two halves around the int8 matmul, quantizing x and scaling the int32 sums back,
+are one C++ pass each (csrc/cpu/int8_quant.cpp, vLLM: csrc/cpu/quant.cpp) instead of ~6 torch
+ops each; they give the torch versions' results bit for bit. VLLM_MINI_CPU_FUSED_OPS=0 (the
+switch of the other small-op kernels) keeps the torch versions. Next:
+compressed_tensors/schemes/compressed_tensors_w8a8_int8.py.
 """
 
 from __future__ import annotations
 
 import torch
 
+from vllm_mini.model_executor.layers import fused_cpu_ops
 from vllm_mini.model_executor.layers.quantization.utils import fp8_ops
 
 INT8_MAX = 127.0
@@ -29,8 +36,52 @@ _TINY = 1e-12  # an all-zero row gets this scale instead of 0 (its codes are 0 e
 # ---- int8 ---------------------------------------------------------------------------------------
 
 
+def _load_kernels() -> bool:
+    return fused_cpu_ops.KERNELS_AVAILABLE and hasattr(torch.ops.vllm_mini_C, "scaled_int8_quant")
+
+
+INT8_KERNELS_AVAILABLE = _load_kernels()
+
+if INT8_KERNELS_AVAILABLE:
+    _quant_kernel = torch.ops.vllm_mini_C.scaled_int8_quant
+    _epilogue_kernel = torch.ops.vllm_mini_C.int8_scaled_mm_epilogue
+    _linear_kernel = torch.ops.vllm_mini_C.int8_linear
+
+    @torch.library.register_fake("vllm_mini_C::int8_linear")
+    def _linear_fake(x, w_t, w_scale, bias, qmax=127.0):
+        return x.new_empty(x.shape[0], w_t.shape[1])
+
+    # They write into their `Tensor(a!)` arguments and return nothing (see fused_cpu_ops.py).
+    @torch.library.register_fake("vllm_mini_C::scaled_int8_quant")
+    def _quant_fake(out, scale, input, qmax=127.0, portable=False) -> None:
+        return None
+
+    @torch.library.register_fake("vllm_mini_C::int8_scaled_mm_epilogue")
+    def _epilogue_fake(out, acc, x_scale, w_scale, bias, portable=False) -> None:
+        return None
+
+
+def _kernel_applies(x: torch.Tensor) -> bool:
+    return (
+        INT8_KERNELS_AVAILABLE
+        and fused_cpu_ops.fused_ops_apply(x)
+        and x.dim() == 2
+        and x.stride(-1) == 1
+    )
+
+
 def scaled_int8_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic symmetric per-token quantization. x: [T, K] -> (int8 [T, K], float32 [T, 1])."""
+    if _kernel_applies(x):
+        q = torch.empty(x.shape, dtype=torch.int8)
+        scale = torch.empty(x.shape[0], 1, dtype=torch.float32)
+        _quant_kernel(q, scale, x, INT8_MAX)
+        return q, scale
+    return scaled_int8_quant_reference(x)
+
+
+def scaled_int8_quant_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch version of scaled_int8_quant (and the kernel's oracle)."""
     x = x.float()
     scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_TINY) / INT8_MAX
     q = torch.round(x / scale).clamp(-128, 127).to(torch.int8)
@@ -56,6 +107,46 @@ def int8_scaled_mm(
     an x86 CPU), which never overflows for K < 2^17. w_scale: [1, N] per channel or [] per tensor.
     """
     acc = torch._int_mm(xq, w_t)  # [T, N] int32
+    if (
+        INT8_KERNELS_AVAILABLE
+        and fused_cpu_ops.ENABLED
+        and acc.is_cpu
+        and out_dtype in (torch.float32, torch.bfloat16)
+        and (bias is None or bias.dtype in (torch.float32, torch.bfloat16))
+        and x_scale.dtype == w_scale.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+    ):
+        y = torch.empty(acc.shape, dtype=out_dtype)
+        _epilogue_kernel(y, acc, x_scale.contiguous(), w_scale.contiguous(), bias)
+        return y
+    return int8_mm_epilogue_reference(acc, x_scale, w_scale, out_dtype, bias)
+
+
+def int8_linear(
+    x: torch.Tensor, w_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A W8A8 layer: y = int8_scaled_mm(*scaled_int8_quant(x), w_t, w_scale, x.dtype, bias).
+    x: [T, K] float; w_t: int8 [K, N]; w_scale: float32 [1, N] or []. On a CPU one C++ call
+    runs all three steps (same results: the same kernels, with `torch._int_mm` in between)."""
+    if (
+        _kernel_applies(x)
+        and w_scale.dtype == torch.float32
+        and w_scale.is_contiguous()
+        and (bias is None or (bias.dtype in (torch.float32, torch.bfloat16) and bias.dim() == 1))
+    ):
+        return _linear_kernel(x, w_t, w_scale, bias, INT8_MAX)
+    xq, x_scale = scaled_int8_quant(x)
+    return int8_scaled_mm(xq, x_scale, w_t, w_scale, x.dtype, bias)
+
+
+def int8_mm_epilogue_reference(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_scale: torch.Tensor,
+    out_dtype: torch.dtype,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The torch version of int8_scaled_mm's second half: int32 sums -> scaled floats."""
     y = acc.to(torch.float32) * x_scale * w_scale
     if bias is not None:
         y = y + bias.float()
@@ -70,7 +161,7 @@ def int8_linear_reference(
     wq: int8 [N, K]; w_scale: [N, 1] or a scalar. Activations go through the same per-token
     rounding, so only the summation order differs from the int32 kernel.
     """
-    xq, x_scale = scaled_int8_quant(x)
+    xq, x_scale = scaled_int8_quant_reference(x)
     y = (xq.float() * x_scale) @ (wq.float() * w_scale.float().reshape(-1, 1)).t()
     if bias is not None:
         y = y + bias.float()

@@ -22,9 +22,8 @@ from vllm_mini.model_executor.layers.quantization.compressed_tensors.schemes.com
     CompressedTensorsScheme,
 )
 from vllm_mini.model_executor.layers.quantization.utils.w8a8_utils import (
-    int8_scaled_mm,
+    int8_linear,
     requantize_with_max_scale,
-    scaled_int8_quant,
 )
 
 STRATEGIES = ("channel", "tensor")
@@ -99,7 +98,7 @@ class CompressedTensorsW8A8Int8(CompressedTensorsScheme):
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         # x: [T, in] float -> int8 codes and one scale per token; y: [T, out] in x's dtype.
+        # (one C++ call on a CPU: quantize, torch._int_mm, scale back; utils/w8a8_utils.py)
         shape = x.shape
-        xq, x_scale = scaled_int8_quant(x.reshape(-1, shape[-1]))
-        y = int8_scaled_mm(xq, x_scale, layer.weight, layer.weight_scale, x.dtype, bias)
+        y = int8_linear(x.reshape(-1, shape[-1]), layer.weight, layer.weight_scale, bias)
         return y.reshape(*shape[:-1], y.shape[-1])
