@@ -13,6 +13,18 @@ an unpacking written by the format's authors, not by us.
     .venv/bin/python benchmarks/autoawq_checkpoints.py --model smollm2
 
 Calibration: windows of Python's pydoc topics (the same text as quantized_checkpoints.py).
+
+On a CPU AutoAWQ 0.2.9's scale search is broken, so its SmolLM2 checkpoint is unusable
+(perplexity ~10^5) and the benchmarks take AWQ from llm-compressor instead
+(`quantized_checkpoints.py w4a16-awq`). `AwqQuantizer._compute_best_scale` backs the block's
+weights up as `{k: v.cpu() ...}`, which on a CPU returns the live tensors themselves; the grid's
+in-place `fc.weight.mul_(scales)` then scales the backup too. From the second grid point on,
+every candidate is scored on W * s0 (s0: the first point's scales), so the first point always
+wins, and the layer is left holding W * s0 when the chosen s0 is applied again. Measured on the
+cached SmolLM2 checkpoint: all 60 RMSNorms were divided by exactly that s0 (to 1.2e-7), and the
+dequantized q/k/v/gate weights of all 30 layers sit 9-16% from W * s0^2 (round-to-nearest's own
+error is ~10%; layer 0's clipped v_proj 27%) but 11-65% from W * s0, the intended product.
+The format is still AutoAWQ's own, so the tiny model's checkpoint tests our loader all the same.
 Next: vllm_mini/model_executor/layers/quantization/awq.py, which loads what this writes.
 """
 
