@@ -112,7 +112,7 @@ METHODS = [
     # `python benchmarks/quantized_checkpoints.py w4a16-gptq` (symmetric), AWQ from `... w4a16-awq`
     # (activation-aware scales, then zero points like w4a16). AutoAWQ 0.2.9's own SmolLM2
     # checkpoint (benchmarks/autoawq_checkpoints.py) is not a row: its scale search is broken on
-    # CPU (see that file); its format stays tested on the tiny model.
+    # CPU (that file explains it and patches it); its format stays tested on the tiny model.
     Method(
         "w4a16-gptq",
         {"model": str(QUANTIZED / "w4a16-gptq")},
