@@ -64,7 +64,7 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/gguf_gemm_q8.cpp",
             "csrc/cpu/fp8_gemm.cpp",
         ],
-        depends=["csrc/cpu/cpu_types_x86.hpp"],  # an edited header rebuilds too; sdists carry it
+        depends=["csrc/cpu/cpu_types_x86.hpp", "csrc/cpu/gguf_q8_quantize.hpp"],  # an edited header rebuilds too; sdists carry it
         extra_compile_args={"cxx": CPU_CFLAGS},
         extra_link_args=["-fopenmp"],
     )
