@@ -64,7 +64,8 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/gguf_gemm_q8.cpp",
             "csrc/cpu/fp8_gemm.cpp",
         ],
-        depends=["csrc/cpu/cpu_types_x86.hpp", "csrc/cpu/gguf_q8_quantize.hpp"],  # an edited header rebuilds too; sdists carry it
+        # An edited header rebuilds too; sdists carry them.
+        depends=["csrc/cpu/cpu_types_x86.hpp", "csrc/cpu/gguf_q8_quantize.hpp"],
         extra_compile_args={"cxx": CPU_CFLAGS},
         extra_link_args=["-fopenmp"],
     )
