@@ -65,10 +65,12 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/fp8_gemm.cpp",
             "csrc/cpu/int8_quant.cpp",
         ],
+        # An edited header rebuilds too; sdists carry them.
         depends=[
             "csrc/cpu/cpu_types_x86.hpp",
             "csrc/cpu/cpu_vec_io.hpp",
-        ],  # an edited header rebuilds too; sdists carry it
+            "csrc/cpu/gguf_q8_quantize.hpp",
+        ],
         extra_compile_args={"cxx": CPU_CFLAGS},
         extra_link_args=["-fopenmp"],
     )

@@ -58,11 +58,18 @@ class Method:
 @contextmanager
 def method_env(method: Method) -> Iterator[None]:
     """Set the method's environment variables while its model loads, then restore them."""
+    from vllm_mini.model_executor.layers.quantization.utils import gguf_ops
+
     saved = {key: os.environ.get(key) for key in method.env}
     os.environ.update(method.env)
+    # gguf_ops reads VLLM_MINI_GGUF_INT8_ACT at import; the layers look at the flag when they load.
+    int8_saved = gguf_ops.INT8_ACTIVATIONS
+    if "VLLM_MINI_GGUF_INT8_ACT" in method.env:
+        gguf_ops.INT8_ACTIVATIONS = method.env["VLLM_MINI_GGUF_INT8_ACT"] != "0"
     try:
         yield
     finally:
+        gguf_ops.INT8_ACTIVATIONS = int8_saved
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -74,7 +81,13 @@ QUANTIZED = cache_root() / "quantized"  # where quantized_checkpoints.py caches 
 METHODS = [
     Method("float32", {"dtype": "float32"}, "GGUF dequantized at load (before stage 7)"),
     Method("bfloat16", {"dtype": "bfloat16"}, "GGUF dequantized to bfloat16"),
-    Method("gguf", {"quantization": "gguf"}, "Q4_1/Q8_0 blocks, C++ kernel"),
+    Method("gguf", {"quantization": "gguf"}, "Q4_1/Q8_0 blocks, int8-activation C++ kernel"),
+    Method(
+        "gguf-float",
+        {"quantization": "gguf"},
+        "Q4_1/Q8_0 blocks, float-activation kernels (VLLM_MINI_GGUF_INT8_ACT=0)",
+        env={"VLLM_MINI_GGUF_INT8_ACT": "0"},
+    ),
     Method(
         "fp8",
         {"quantization": "fp8", "dtype": "float32"},
@@ -252,21 +265,27 @@ def llamacpp_decode(gguf: str, prompt: list[int], n: int, repeats: int) -> list[
 
 
 def sweep_m() -> None:
-    """Per token count M: the gguf kernel vs decode-the-matrix + float GEMM, on SmolLM2 shapes."""
-    from vllm_mini.model_executor.layers.quantization.utils import gguf_ops
+    """Per token count M, on SmolLM2's Q4_1 shapes: the int8-activation kernel (the default, one
+    path for every M), the float kernel, and decode-the-matrix + float GEMM (the float path's
+    choice from gguf_ops.GEMM_MIN_TOKENS on)."""
+    from vllm_mini.model_executor.layers.quantization.utils import gguf_ops, gguf_q8
 
     assert gguf_ops.KERNEL_AVAILABLE, "vllm_mini._C has no gguf_gemm: run `make kernels`"
     torch.manual_seed(0)
-    print("| M | N x K | kernel ms | decode+GEMM ms |\n|---|---|---|---|")
+    print(
+        "| M | N x K | int8 kernel ms | float kernel ms | decode+GEMM ms |\n|---|---|---|---|---|"
+    )
     for n, k in ((1536 * 2, 576), (576, 1536)):
         cols_bytes = k // 32 * 20  # Q4_1
         blocks = torch.randint(0, 255, (n, cols_bytes), dtype=torch.uint8)
         blocks.view(-1, 20)[:, :4] = 0x10  # small finite float16 d and m
-        for m in (1, 4, 8, 16, 32, 64, 128):
+        packed = gguf_q8.pack_q8(blocks, 3)
+        for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
             x = torch.randn(m, k)
+            t_int8 = _median_ms(torch.ops.vllm_mini_C.gguf_gemm_q8, x, packed, 3, n)
             t_kernel = _median_ms(torch.ops.vllm_mini_C.gguf_gemm, x, blocks, 3)
             t_gemm = _median_ms(_decode_then_gemm, x, blocks, 3)
-            print(f"| {m} | {n} x {k} | {t_kernel:.3f} | {t_gemm:.3f} |")
+            print(f"| {m} | {n} x {k} | {t_int8:.3f} | {t_kernel:.3f} | {t_gemm:.3f} |")
     sweep_m_fp8()
 
 

@@ -12,8 +12,10 @@
 //   values (it stays in L1/L2), then dotted with each of the M rows of x.
 // Either way a row's bytes are read once per call however many tokens share it, and all
 // arithmetic is float32 (x is never quantized here; csrc/cpu/gguf_gemm_q8.cpp is the int8
-// version, llama.cpp's way, which quantization/gguf.py prefers for 3-64 tokens), so the
-// result differs from the float reference only in summation order. For a big M (prefill) the caller in
+// version, llama.cpp's way, which quantization/gguf.py uses by default for Q4_0/Q4_1/Q8_0 with
+// float32 x at every token count; this kernel serves the other block types, bfloat16 x and
+// VLLM_MINI_GGUF_INT8_ACT=0), so the result differs from the float reference only in
+// summation order. For a big M (prefill) the caller in
 // quantization/gguf.py decodes the whole matrix once with `gguf_dequantize` and uses the float
 // GEMM instead: there, arithmetic, not reading the weight, is the bottleneck.
 // Each block decoder mirrors the torch reference in

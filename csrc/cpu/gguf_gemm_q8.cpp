@@ -1,33 +1,33 @@
-// GGUF matmul with int8 activations: y = x @ dequant(W)^T computed as integer block dot products
-// (AVX-512 VNNI). Stage 7.
+// GGUF matmul with int8 activations: y = x @ dequant(W)^T from integer block dot products
+// (AVX-512 VNNI), the same arithmetic for every row of x however many share the call. Stage 7.
 //
 // The role vLLM's GGUF kernels play (csrc/quantization/gguf/ in vLLM's history, CUDA only; the
 // GGUF method has since moved to the separate vllm-gguf-plugin), done the way llama.cpp does it
-// on a CPU: the activations are quantized too, so the inner loop is integer arithmetic.
-// csrc/cpu/gguf_gemm.cpp, the float kernel, decodes each weight block to floats and does float
-// FMAs; at a few rows of x (a decode batch, a speculative verify) it is compute-bound. Here:
+// on a CPU: x is quantized per 32-block to int8 (gguf_q8_quantize.hpp), and each weight block
+// meets each x block as one exact integer sum, scaled once.
 //
-// 1. x [M, K] is quantized per 32-block, like ggml's Q8_0/Q8_1 "vec_dot_type": a float scale
-//    dx = max|x| / 127 and 32 int8 codes c = round(x / dx) (round half to even), plus
-//    dx * sum(c) for Q4_1's min term (ggml's Q8_1 keeps the same sum).
-// 2. For each weight row, two 32-weight blocks fill one 512-bit vector of 64 bytes, in x's order.
-//    `_mm512_dpbusd_epi32` multiplies 64 unsigned bytes with 64 signed x codes and adds each 4
-//    products into 16 int32 lanes (lanes 0-7 block 2p, 8-15 block 2p+1), 64 multiply-adds per
-//    instruction. Q4_1's nibbles 0..15 are the unsigned operand as they are. Q4_0's q - 8 and
-//    Q8_0's q are signed: the unsigned operand is |q| and the codes take q's sign (llama.cpp's
-//    sign trick), so the integer sums stay exact. (Adding 128 to make q unsigned and starting
-//    from -128 * sum(c) is exact too, but the large lanes cancel only after the float scaling.)
-// 3. Each block's integer sum is scaled once: y += dw * dx * isum (lanes converted to float,
-//    times the lane-expanded scales), and for Q4_1 y += sum over blocks of m * dx * sum(c).
+// Weights: repacked once at load (gguf_q8.pack_q8) from the file's row-major blocks into groups
+// of 16 rows. One packed group-block holds block b of rows 16g..16g+15: their quants first, as
+// vectors whose 32-bit lane l is 4 consecutive weights of row 16g+l (4-bit: 4 zmm, low nibbles
+// weights 4i..4i+3, high nibbles 16+4i..; Q8_0: 8 zmm of q + 128), then the 16 scales dw
+// (float16), then Q4_1's 16 mins. Same bytes as the file's blocks, only reordered.
 //
-// The weight row is decoded once per call into an L1 buffer and then used by every row of x,
-// 8 rows at a time (a tile's accumulators stay in registers). The result differs from the float
-// kernel by the rounding of x to 8 bits (relative error ~0.5% of a block's largest |x| per
-// element, far below the 4-bit weights' own error); the torch reference,
-// gguf_ops.gguf_matmul_q8_reference, quantizes x the same way and the two agree to float
-// summation order. Where the compiler has no AVX-512 VNNI, a portable scalar loop computes the
-// same integers (the Python side then prefers the float kernel, gguf_q8_has_vnni() says which).
+// Why that layout: `_mm512_dpbusd_epi32(acc, w, broadcast(4 codes of x))` adds 4 products into
+// each of 16 lanes, so 8 of them leave in lane l the whole block's integer dot product of row
+// 16g+l with x, 16 output columns at once, with no horizontal sums. Per block and row of x:
+//   isum = dot(q, c) - offset * sum(c)                   (exact; offset 8 Q4_0, 128 Q8_0)
+//   acc  = fma(float(isum), dw * dx, acc)                (blocks in order b = 0, 1, ...)
+//   accm = fma(m, dx * sum(c), accm)                      (Q4_1's min term)
+//   y    = acc + accm
+// That is the fixed order of the float steps for an output (m, n), and nothing in it depends
+// on M, on the tile of rows m falls in, or on the thread: rows are tiled for speed (a decoded
+// weight block in registers serves up to 8 rows) and threads split the output columns N, never
+// K. Hence batch invariance: a row's result is bit for bit the same alone, in a decode batch of
+// 7, in a speculative verify or in a 500-token prefill (tests/quantization/test_gguf_q8_kernel.py
+// checks it), which greedy decoding needs to be independent of its batch neighbours.
 //
+// The portable loop (no VNNI, or use_portable=true) does the same float steps in the same order
+// and is bit-identical. The float64 torch reference is gguf_q8.gguf_matmul_q8_reference.
 // Registered as torch.ops.vllm_mini_C.gguf_gemm_q8 next to gguf_gemm (TORCH_LIBRARY_FRAGMENT).
 
 #include <torch/extension.h>
@@ -36,16 +36,27 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define VLLM_MINI_Q8_VNNI 1
-#include <immintrin.h>
-#endif
+#include "gguf_q8_quantize.hpp"
 
 namespace {
 
+using gguf_q8::QuantizedX;
+
 constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8;  // ggml_type enum values
+constexpr int64_t kGroup = 16;                      // weight rows per packed group (16 lanes)
+
+constexpr int64_t quant_bytes(int64_t type) { return type == kQ8_0 ? 512 : 256; }
+// Bytes of one packed group-block: quants, 16 float16 dw, Q4_1's 16 float16 mins.
+constexpr int64_t packed_bytes(int64_t type) {
+  return quant_bytes(type) + (type == kQ4_1 ? 64 : 32);
+}
+
+int64_t checked_packed_bytes(int64_t type) {
+  TORCH_CHECK(type == kQ4_0 || type == kQ4_1 || type == kQ8_0, "gguf_gemm_q8: ggml type ", type,
+              " is not supported; supported: Q4_0 (2), Q4_1 (3), Q8_0 (8)");
+  return packed_bytes(type);
+}
 
 inline float half_to_float(const uint8_t* p) {
   uint16_t h;
@@ -53,262 +64,141 @@ inline float half_to_float(const uint8_t* p) {
   return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
 }
 
-int64_t type_size_of(int64_t type) {
-  switch (type) {
-    case kQ4_0: return 18;
-    case kQ4_1: return 20;
-    case kQ8_0: return 34;
+// Weight j (0..31) of lane l in a packed group-block, as the unsigned byte the dot product uses.
+inline int32_t packed_weight(const uint8_t* gb, int64_t type, int l, int j) {
+  const int quad = j / 4, t = j % 4;
+  if (type == kQ8_0) return gb[64 * quad + 4 * l + t];
+  const uint8_t byte = gb[64 * (quad % 4) + 4 * l + t];
+  return quad < 4 ? (byte & 0x0F) : (byte >> 4);
+}
+
+// One output of the portable loop: the same integers, the same float steps in the same order.
+// IEEE semantics (no -ffast-math; a separate function, as a lambda would not inherit the
+// attribute), so the compiler may not reassociate or vectorize the sum over blocks.
+__attribute__((noinline, optimize("no-fast-math"))) float portable_output(
+    const QuantizedX& q, const uint8_t* group, int64_t m, int l, int64_t type) {
+  const int64_t nb = q.blocks, pb = packed_bytes(type), qb = quant_bytes(type);
+  float acc = 0.f, accm = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* gb = group + b * pb;
+    const int8_t* c = q.codes + m * q.cols + b * 32;
+    int32_t isum = 0;
+    for (int j = 0; j < 32; ++j) isum += packed_weight(gb, type, l, j) * c[j];
+    isum -= q.corr[m * nb + b];
+    const float s = half_to_float(gb + qb + 2 * l) * q.dx[m * nb + b];
+    acc = std::fma(static_cast<float>(isum), s, acc);
+    if (type == kQ4_1) accm = std::fma(half_to_float(gb + qb + 32 + 2 * l), q.sx[m * nb + b], accm);
   }
-  TORCH_CHECK(false, "gguf_gemm_q8: ggml type ", type,
-              " is not supported; supported: Q4_0 (2), Q4_1 (3), Q8_0 (8)");
+  return type == kQ4_1 ? acc + accm : acc;
 }
 
-// The portable loop's offset subtracted from its unsigned weight byte u: w = dw * (u - offset)
-// (+ m); it sums integers exactly before any scaling, so the offset costs it no precision.
-constexpr int32_t weight_offset(int64_t type) {
-  return type == kQ4_0 ? 8 : (type == kQ8_0 ? 128 : 0);
-}
-
-// x quantized per 32-block, padded to an even number of blocks P*2 (a padding block is zeros).
-struct QuantizedX {
-  int64_t pairs;              // P: block pairs per row
-  std::vector<int8_t> codes;  // [M, P*64] int8 codes
-  std::vector<float> scale;   // [M, P*16] dx of block 2p in lanes 0-7, of 2p+1 in lanes 8-15
-  int64_t sx_stride;          // S: nb rounded up to 16
-  std::vector<float> sx;      // [M, S] dx * sum(c) per block (Q4_1's min term), zero-padded
-};
-
-// A block's scale and its inverse: dx = amax * (1/127), inv = 1/dx (0 for an all-zero block).
-// Written out so that the torch reference can repeat them bit for bit; -ffast-math (setup.py)
-// would be free to rewrite 1 / (amax * (1/127)) as 127 * (1 / amax), one rounding different,
-// which moves a code sitting near .5 by one: this function alone is compiled with IEEE semantics.
-__attribute__((noinline, optimize("no-fast-math"))) float block_scale(float amax, float* inv) {
-  const float dx = amax * (1.0f / 127.0f);
-  *inv = dx > 0.f ? 1.0f / dx : 0.f;
-  return dx;
-}
-
-// One block of 32 x values -> codes c = round_half_even(x * inv), its scale dx and sum(c).
-inline void quantize_block(const float* x, int8_t* codes, float* dx_out, int32_t* csum_out) {
-#ifdef VLLM_MINI_Q8_VNNI
-  const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-  float inv;
-  *dx_out = block_scale(amax, &inv);
-  const __m512 vi = _mm512_set1_ps(inv);
-  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-  const __m512i c0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, vi), kRound);
-  const __m512i c1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, vi), kRound);
-  _mm_storeu_si128((__m128i*)codes, _mm512_cvtepi32_epi8(c0));
-  _mm_storeu_si128((__m128i*)(codes + 16), _mm512_cvtepi32_epi8(c1));
-  *csum_out = _mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
-#else
-  float amax = 0.f;
-  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
-  float inv;
-  *dx_out = block_scale(amax, &inv);
-  int32_t csum = 0;
-  for (int j = 0; j < 32; ++j) {
-    const int32_t c = static_cast<int32_t>(std::nearbyint(x[j] * inv));
-    codes[j] = static_cast<int8_t>(c);
-    csum += c;
-  }
-  *csum_out = csum;
-#endif
-}
-
-QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
-  const int64_t nb = K / 32, P = (nb + 1) / 2;
-  const int64_t S = (nb + 15) / 16 * 16;
-  QuantizedX q{P, std::vector<int8_t>(M * P * 64, 0),
-               std::vector<float>(M * P * 16, 0.f), S, std::vector<float>(M * S, 0.f)};
-  // Quantizing is ~1% of the matmul's work: one thread unless x is large (a parallel region
-  // costs more than quantizing a few rows).
-  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / K), [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      for (int64_t b = 0; b < nb; ++b) {
-        float dx;
-        int32_t csum;
-        quantize_block(x + m * K + b * 32, q.codes.data() + m * P * 64 + b * 32, &dx, &csum);
-        const int64_t lane0 = m * P * 16 + b * 8;  // block b's 8 lanes in its pair's vector
-        for (int l = 0; l < 8; ++l) q.scale[lane0 + l] = dx;
-        q.sx[m * S + b] = dx * float(csum);
-      }
-    }
-  });
-  return q;
-}
-
-// The portable loop: the same integers and the same per-block scaling, one block at a time.
-void gemm_portable(const QuantizedX& q, const uint8_t* w, float* y, int64_t M, int64_t N,
-                   int64_t K, int64_t type) {
-  const int64_t nb = K / 32, P = q.pairs, ts = type_size_of(type), row_bytes = nb * ts;
-  const int32_t offset = weight_offset(type);
-  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / K), [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> u(K);  // the row's unsigned weight bytes
-    std::vector<float> dw(nb), mins(nb, 0.f);
-    for (int64_t n = begin; n < end; ++n) {
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = w + n * row_bytes + b * ts;
-        dw[b] = half_to_float(blk);
-        if (type == kQ8_0) {
-          for (int j = 0; j < 32; ++j) u[b * 32 + j] = blk[2 + j] ^ 0x80;
-        } else {
-          const uint8_t* qs = blk + (type == kQ4_1 ? 4 : 2);
-          if (type == kQ4_1) mins[b] = half_to_float(blk + 2);
-          for (int j = 0; j < 16; ++j) {
-            u[b * 32 + j] = qs[j] & 0x0F;
-            u[b * 32 + j + 16] = qs[j] >> 4;
-          }
-        }
-      }
-      for (int64_t m = 0; m < M; ++m) {
-        const int8_t* c = q.codes.data() + m * P * 64;
-        float acc = 0.f;
-        for (int64_t b = 0; b < nb; ++b) {
-          int32_t isum = 0, csum = 0;
-          for (int j = 0; j < 32; ++j) {
-            isum += int32_t(u[b * 32 + j]) * c[b * 32 + j];
-            csum += c[b * 32 + j];
-          }
-          const float dx = q.scale[m * P * 16 + b * 8];
-          acc += dw[b] * dx * float(isum - offset * csum) + mins[b] * dx * float(csum);
-        }
-        y[m * N + n] = acc;
-      }
-    }
+void gemm_portable(const QuantizedX& q, const uint8_t* w, float* y, int64_t N, int64_t type) {
+  const int64_t group_bytes = q.blocks * packed_bytes(type);
+  const int64_t groups = (N + kGroup - 1) / kGroup;
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g)
+      for (int64_t m = 0; m < q.rows; ++m)
+        for (int l = 0; l < kGroup && g * kGroup + l < N; ++l)
+          y[m * N + g * kGroup + l] = portable_output(q, w + g * group_bytes, m, l, type);
   });
 }
 
 #ifdef VLLM_MINI_Q8_VNNI
-// Two blocks of one weight row -> 64 bytes in x's order (block 2p's 32 weights, then block
-// 2p+1's): Q4_1 unsigned q, Q4_0 and Q8_0 signed; `second` is null for an odd row's last block
-// (its half stays zero).
+// A group-block's 8 weight vectors: w[j] pairs with x's codes j*4..j*4+3 of the block.
 template <int64_t T>
-inline __m512i weight_pair(const uint8_t* first, const uint8_t* second) {
+inline void load_weights(const uint8_t* gb, __m512i* w) {
   if constexpr (T == kQ8_0) {
-    const __m256i lo = _mm256_loadu_si256((const __m256i*)(first + 2));
-    const __m256i hi = second ? _mm256_loadu_si256((const __m256i*)(second + 2))
-                              : _mm256_setzero_si256();
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(gb + 64 * j);
   } else {
-    constexpr int64_t qs = T == kQ4_1 ? 4 : 2;
-    // 128-bit lanes [qs0, qs0, qs1, qs1]; lanes 1 and 3 take the high nibbles (weights 16-31).
-    const __m128i q0 = _mm_loadu_si128((const __m128i*)(first + qs));
-    const __m128i q1 = second ? _mm_loadu_si128((const __m128i*)(second + qs)) : _mm_setzero_si128();
-    const __m512i v = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(q0)), _mm256_broadcastsi128_si256(q1), 1);
-    const __m512i nib = _mm512_mask_blend_epi64(0xCC, v, _mm512_srli_epi16(v, 4));
-    const __m512i q = _mm512_and_si512(nib, _mm512_set1_epi8(0x0F));
-    if constexpr (T == kQ4_1) return q;
-    // Q4_0: q - 8; a missing second block must decode to 0, not -8.
-    return _mm512_maskz_sub_epi8(second ? ~__mmask64(0) : __mmask64(0xFFFFFFFFull), q,
-                                 _mm512_set1_epi8(8));
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int i = 0; i < 4; ++i) {
+      const __m512i v = _mm512_loadu_si512(gb + 64 * i);
+      w[i] = _mm512_and_si512(v, low);
+      w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
   }
 }
 
-inline float f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);  // F16C: every AVX-512 core has it
+inline __m512i bcast4(const int8_t* p) {  // 4 codes into every 32-bit lane
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
 }
 
-// R rows of x (from row m0) against one weight row, pair of blocks by pair:
-//   acc[r] += float(dpbusd(0, weights, codes)) * (dw * dx)   [+ m * dx * sum(c) for Q4_1].
-// Mode kDecode decodes the weight row from its bytes, kDecodeStore also saves the decoded
-// vectors in u/dws for the next tiles of the same row, kLoad reads them back from there. Q4_1's
-// min term is one dot product per row of x at the end, over the blocks' m (ms) and dx*sum(c).
-enum TileMode { kDecode, kDecodeStore, kLoad };
-
-template <int64_t T, int R, TileMode kMode>
-inline void tile_dot(const QuantizedX& q, int64_t m0, const uint8_t* row, int64_t nb, uint8_t* u,
-                     float* dws, float* ms, float* out) {
-  constexpr int64_t ts = T == kQ4_0 ? 18 : (T == kQ4_1 ? 20 : 34);
-  const int64_t P = q.pairs;
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < P; ++p) {
-    __m512i wv;
-    __m512 dw;
-    if constexpr (kMode == kLoad) {
-      wv = _mm512_loadu_si512(u + p * 64);
-      dw = _mm512_loadu_ps(dws + p * 16);
-    } else {
-      const uint8_t* b0 = row + 2 * p * ts;
-      const bool has_second = 2 * p + 1 < nb;
-      wv = weight_pair<T>(b0, has_second ? b0 + ts : nullptr);
-      dw = _mm512_insertf32x8(_mm512_set1_ps(f16(b0)),
-                              _mm256_set1_ps(has_second ? f16(b0 + ts) : 0.f), 1);
-      if constexpr (kMode == kDecodeStore) {
-        _mm512_storeu_si512(u + p * 64, wv);
-        _mm512_storeu_ps(dws + p * 16, dw);
-      }
-    }
-    // Signed weights: |q| is the unsigned operand, and the codes are negated where q < 0.
-    __mmask64 negative = 0;
-    __m512i uv = wv;
-    if constexpr (T != kQ4_1) {
-      negative = _mm512_movepi8_mask(wv);
-      uv = _mm512_abs_epi8(wv);
-    }
+// R rows of x (from m0) against one group of 16 weight rows: out[r] gets 16 outputs.
+template <int64_t T, int R>
+inline void tile(const QuantizedX& q, int64_t m0, const uint8_t* group, __m512* out) {
+  constexpr int64_t pb = packed_bytes(T), qb = quant_bytes(T);
+  const int64_t nb = q.blocks, K = q.cols;
+  __m512 acc[R], accm[R];
+  for (int r = 0; r < R; ++r) acc[r] = accm[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* gb = group + b * pb;
+    _mm_prefetch(reinterpret_cast<const char*>(gb + 8 * pb), _MM_HINT_T0);
+    __m512i w[8];
+    load_weights<T>(gb, w);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gb + qb)));
+    __m512 mw = _mm512_setzero_ps();
+    if constexpr (T == kQ4_1)
+      mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gb + qb + 32)));
     for (int r = 0; r < R; ++r) {
-      const int64_t at = (m0 + r) * P + p;
-      __m512i c = _mm512_loadu_si512(q.codes.data() + at * 64);
-      if constexpr (T != kQ4_1) c = _mm512_mask_sub_epi8(c, negative, _mm512_setzero_si512(), c);
-      const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uv, c);
-      const __m512 scale = _mm512_mul_ps(dw, _mm512_loadu_ps(q.scale.data() + at * 16));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[r]);
+      const int64_t i = (m0 + r) * nb + b;
+      const int8_t* c = q.codes + (m0 + r) * K + b * 32;
+      // Two integer chains (exact, so how they split is free) halve the dpbusd latency chain.
+      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast4(c));
+      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], bcast4(c + 4));
+      for (int j = 2; j < 8; j += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, w[j], bcast4(c + 4 * j));
+        s1 = _mm512_dpbusd_epi32(s1, w[j + 1], bcast4(c + 4 * j + 4));
+      }
+      __m512i isum = _mm512_add_epi32(s0, s1);
+      if constexpr (T != kQ4_1) isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(q.corr[i]));
+      const __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(q.dx[i]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc[r]);
+      if constexpr (T == kQ4_1) accm[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(q.sx[i]), accm[r]);
     }
   }
-  if constexpr (T == kQ4_1) {  // + sum over blocks of m * dx * sum(c): ms holds the row's m
-    if constexpr (kMode != kLoad) {
-      for (int64_t b = 0; b < nb; ++b) ms[b] = f16(row + b * ts + 2);
-    }
-    for (int64_t j = 0; j < q.sx_stride; j += 16) {
-      const __m512 mv = _mm512_loadu_ps(ms + j);
-      for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_fmadd_ps(mv, _mm512_loadu_ps(q.sx.data() + (m0 + r) * q.sx_stride + j), acc[r]);
-    }
-  }
-  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+  for (int r = 0; r < R; ++r) out[r] = T == kQ4_1 ? _mm512_add_ps(acc[r], accm[r]) : acc[r];
 }
 
-template <int64_t T, TileMode kMode>
-inline void tile_any(int64_t rows, const QuantizedX& q, int64_t m0, const uint8_t* row,
-                     int64_t nb, uint8_t* u, float* dws, float* ms, float* out) {
+template <int64_t T>
+inline void tile_rows(int64_t rows, const QuantizedX& q, int64_t m0, const uint8_t* g,
+                      __m512* out) {
   switch (rows) {
-    case 1: tile_dot<T, 1, kMode>(q, m0, row, nb, u, dws, ms, out); break;
-    case 2: tile_dot<T, 2, kMode>(q, m0, row, nb, u, dws, ms, out); break;
-    case 3: tile_dot<T, 3, kMode>(q, m0, row, nb, u, dws, ms, out); break;
-    case 4: tile_dot<T, 4, kMode>(q, m0, row, nb, u, dws, ms, out); break;
-    case 5: tile_dot<T, 5, kMode>(q, m0, row, nb, u, dws, ms, out); break;
-    case 6: tile_dot<T, 6, kMode>(q, m0, row, nb, u, dws, ms, out); break;
-    case 7: tile_dot<T, 7, kMode>(q, m0, row, nb, u, dws, ms, out); break;
-    default: tile_dot<T, 8, kMode>(q, m0, row, nb, u, dws, ms, out);
+    case 1: tile<T, 1>(q, m0, g, out); break;
+    case 2: tile<T, 2>(q, m0, g, out); break;
+    case 3: tile<T, 3>(q, m0, g, out); break;
+    case 4: tile<T, 4>(q, m0, g, out); break;
+    case 5: tile<T, 5>(q, m0, g, out); break;
+    case 6: tile<T, 6>(q, m0, g, out); break;
+    case 7: tile<T, 7>(q, m0, g, out); break;
+    default: tile<T, 8>(q, m0, g, out);
   }
 }
 
 template <int64_t T>
-void gemm_vnni(const QuantizedX& q, const uint8_t* w, float* y, int64_t M, int64_t N, int64_t K) {
-  const int64_t nb = K / 32, P = q.pairs, row_bytes = nb * type_size_of(T);
-  constexpr int64_t kTile = 8;  // 8 accumulators + the weight vectors fit AVX-512's 32 registers
-  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / K), [&](int64_t begin, int64_t end) {
-    // The decoded row for tiles after the first (M > 8): P vectors of 64 weight bytes and of 16
-    // lane-expanded dw and m (plain buffers: std::vector<__m512i> would drop its alignment).
-    std::vector<uint8_t> u(P * 64);
-    std::vector<float> dws(P * 16), ms(q.sx_stride, 0.f);  // ms: the row's Q4_1 mins, padded
-    float out[kTile];
-    for (int64_t n = begin; n < end; ++n) {
-      const uint8_t* row = w + n * row_bytes;
-      for (int64_t m0 = 0; m0 < M; m0 += kTile) {
-        const int64_t rows = std::min<int64_t>(kTile, M - m0);
-        if (M <= kTile)
-          tile_any<T, kDecode>(rows, q, m0, row, nb, u.data(), dws.data(), ms.data(), out);
-        else if (m0 == 0)
-          tile_any<T, kDecodeStore>(rows, q, m0, row, nb, u.data(), dws.data(), ms.data(), out);
-        else
-          tile_any<T, kLoad>(rows, q, m0, row, nb, u.data(), dws.data(), ms.data(), out);
-        for (int64_t r = 0; r < rows; ++r) y[(m0 + r) * N + n] = out[r];
+void gemm_vnni(const QuantizedX& q, const uint8_t* w, float* y, int64_t N) {
+  const int64_t nb = q.blocks, M = q.rows, group_bytes = nb * packed_bytes(T);
+  const int64_t groups = (N + kGroup - 1) / kGroup;
+  // 8 rows: 8 weight vectors + 16 accumulators (Q4_1) + scales stay in AVX-512's 32 registers.
+  constexpr int64_t kTile = 8;
+  // Rows per pass over this thread's groups: their codes (chunk * K bytes) stay in L2 while
+  // each group's weights (16 * K * 5/8 bytes for Q4_1, in L1) serve all of them.
+  constexpr int64_t kChunk = 64;
+  // A task gets >= ~16k weights x rows, so the threads' start-up cost stays small.
+  const int64_t grain = std::max<int64_t>(1, 16384 / (kGroup * q.cols * std::min<int64_t>(M, 8)));
+  at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+    __m512 out[kTile];
+    for (int64_t c0 = 0; c0 < M; c0 += kChunk) {
+      const int64_t c1 = std::min(M, c0 + kChunk);
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t n0 = g * kGroup;
+        const __mmask16 lanes = N - n0 >= kGroup ? __mmask16(0xFFFF) : __mmask16((1u << (N - n0)) - 1);
+        for (int64_t m0 = c0; m0 < c1; m0 += kTile) {
+          const int64_t rows = std::min(kTile, c1 - m0);
+          tile_rows<T>(rows, q, m0, w + g * group_bytes, out);
+          for (int64_t r = 0; r < rows; ++r) _mm512_mask_storeu_ps(y + (m0 + r) * N + n0, lanes, out[r]);
+        }
       }
     }
   });
@@ -317,34 +207,39 @@ void gemm_vnni(const QuantizedX& q, const uint8_t* w, float* y, int64_t M, int64
 
 }  // namespace
 
-// y[M, N] = quantize_q8(x[M, K]) . dequant(qweight[N, bytes])^T, x float32, qweight Q4_0/Q4_1/Q8_0.
-// use_portable=true runs the scalar loop even where VNNI is built (the tests check both).
-torch::Tensor gguf_gemm_q8(const torch::Tensor& x, const torch::Tensor& qweight, int64_t type,
-                           bool use_portable) {
-  const int64_t ts = type_size_of(type);
+// y[M, N] = quantize_q8(x[M, K]) . dequant(W)^T, x float32, W packed by gguf_q8.pack_q8 into
+// [ceil(N / 16), K / 32 * packed_bytes] uint8 (Q4_0/Q4_1/Q8_0). use_portable=true runs the
+// scalar loop even where VNNI is built (the tests check both, bit for bit).
+torch::Tensor gguf_gemm_q8(const torch::Tensor& x, const torch::Tensor& packed, int64_t type,
+                           int64_t N, bool use_portable) {
+  const int64_t pb = checked_packed_bytes(type);
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "gguf_gemm_q8: x must be 2-D float32");
-  TORCH_CHECK(qweight.dtype() == torch::kUInt8 && qweight.dim() == 2 && qweight.is_contiguous(),
-              "gguf_gemm_q8: qweight must be a contiguous 2-D uint8 tensor");
-  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  TORCH_CHECK(packed.dtype() == torch::kUInt8 && packed.dim() == 2 && packed.is_contiguous(),
+              "gguf_gemm_q8: packed must be a contiguous 2-D uint8 tensor");
+  const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(K % 32 == 0, "gguf_gemm_q8: x has ", K, " columns, not whole blocks of 32");
-  TORCH_CHECK(qweight.size(1) == K / 32 * ts, "gguf_gemm_q8: qweight has ", qweight.size(1),
-              " bytes per row, expected ", K / 32 * ts, " for ", K, " columns");
+  TORCH_CHECK(N >= 0 && packed.size(0) == (N + kGroup - 1) / kGroup, "gguf_gemm_q8: packed has ",
+              packed.size(0), " groups of 16 rows, expected ", (N + kGroup - 1) / kGroup, " for ",
+              N, " rows");
+  TORCH_CHECK(packed.size(1) == K / 32 * pb, "gguf_gemm_q8: packed has ", packed.size(1),
+              " bytes per group, expected ", K / 32 * pb, " for ", K, " columns");
   const torch::Tensor xc = x.contiguous();
   torch::Tensor y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  const QuantizedX q = quantize_x(xc.data_ptr<float>(), M, K);
-  const uint8_t* wp = qweight.data_ptr<uint8_t>();
+  const int32_t offset = type == kQ4_0 ? 8 : (type == kQ8_0 ? 128 : 0);
+  const QuantizedX q = gguf_q8::quantize_x(xc.data_ptr<float>(), M, K, offset, type == kQ4_1);
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
   float* yp = y.data_ptr<float>();
 #ifdef VLLM_MINI_Q8_VNNI
   if (!use_portable) {
     switch (type) {
-      case kQ4_0: gemm_vnni<kQ4_0>(q, wp, yp, M, N, K); return y;
-      case kQ4_1: gemm_vnni<kQ4_1>(q, wp, yp, M, N, K); return y;
-      default: gemm_vnni<kQ8_0>(q, wp, yp, M, N, K); return y;
+      case kQ4_0: gemm_vnni<kQ4_0>(q, wp, yp, N); return y;
+      case kQ4_1: gemm_vnni<kQ4_1>(q, wp, yp, N); return y;
+      default: gemm_vnni<kQ8_0>(q, wp, yp, N); return y;
     }
   }
 #endif
-  gemm_portable(q, wp, yp, M, N, K, type);
+  gemm_portable(q, wp, yp, N, type);
   return y;
 }
 
@@ -358,7 +253,7 @@ bool gguf_q8_has_vnni() {
 }
 
 TORCH_LIBRARY_FRAGMENT(vllm_mini_C, m) {
-  m.def("gguf_gemm_q8(Tensor x, Tensor qweight, int type, bool use_portable=False) -> Tensor");
+  m.def("gguf_gemm_q8(Tensor x, Tensor packed, int type, int n, bool use_portable=False) -> Tensor");
   m.def("gguf_q8_has_vnni", &gguf_q8_has_vnni);  // no tensor arguments: one kernel for all
 }
 

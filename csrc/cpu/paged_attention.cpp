@@ -7,14 +7,18 @@
 //   block_table [num_seqs, max_blocks_per_seq] int32, seq_lens [num_seqs] int32,
 //   query_start_loc [num_seqs + 1] int32: sequence i's queries are the LAST q_len of its context.
 //
-// A task is one query token and one partition of at most 512 context positions, for all heads:
+// A task is one query token and one partition of at most 128 context positions, for all heads:
 // each cache block is read front to back (a position's row holds every kv head), and the query
 // heads that share a kv head (GQA) reuse its K/V rows from the L1 cache. A task makes three
 // passes: logits = q.k for every position, softmax, out = sum_j p_j v_j. Each pass is a long run
 // of independent vector work; measured faster here than an online softmax block by block, where
 // each block's work waits on the running max of the one before. Tokens whose context spans
 // several partitions leave (max, sum, unnormalised output) per partition; a reduce step rescales
-// them to the global max and adds them up (v2's reduce kernel).
+// them to the global max and adds them up (v2's reduce kernel). The partition length is fixed,
+// not chosen per step: a token's partitions, hence the order of its float sums, then depend on
+// its own context only, never on how many tokens share the step or on the thread count, so a
+// request's output does not change with its batch neighbours or when it is preempted and
+// recomputed (batch invariance, as the int8 GGUF matmul of gguf_gemm_q8.cpp keeps it too).
 //
 // Two implementations of a task: plain loops (any CPU, any head size) and AVX-512 intrinsics, 16
 // floats per instruction, used when the compiler targets AVX-512 and head_size is 64, 128 or 256.
@@ -37,8 +41,10 @@
 
 namespace {
 
-constexpr int kPartitionLen = 512;    // positions per task (v2's PARTITION_SIZE) ...
-constexpr int kMinPartitionLen = 64;  // ... halved down to this when few tokens must feed all cores
+// Positions per task (v2's PARTITION_SIZE is 512): short enough that one decode token over a
+// context of a few hundred positions still feeds both cores of a small CPU, long enough that a
+// prefill's tokens (each split into up to 8 partitions at 1,024 new tokens) keep the reduce cheap.
+constexpr int kPartitionLen = 128;
 
 template <typename scalar_t>
 struct Args {
@@ -202,20 +208,23 @@ void attend(const Args<scalar_t>& a, const Partition& p, const float* q, float* 
   attend_portable(a, p, q, logits, acc, m, l);
 }
 
+// out = acc / l per head. One out-of-line copy serves the direct path and the reduce, so that a
+// token whose context fits one partition gets the same bits whether its step needed partials.
+template <typename scalar_t>
+__attribute__((noinline)) void normalise(const float* acc, const float* l, int H, int D,
+                                         scalar_t* out) {
+  for (int i = 0; i < H * D; ++i) out[i] = static_cast<scalar_t>(acc[i] / l[i / D]);
+}
+
 template <typename scalar_t>
 void paged_attention_kernel(const Args<scalar_t>& a, scalar_t* out, bool portable) {
   const int H = a.num_heads, D = a.head_size, bs = a.block_size;
   const int num_tokens = a.query_start_loc[a.num_seqs];
   if (num_tokens == 0) return;
   const int max_len = std::max(1, *std::max_element(a.seq_lens, a.seq_lens + a.num_seqs));
-  // Halve the partitions while there are fewer than 4 tasks per thread, so that even a single
-  // decode token over a long context keeps every core busy.
   const int threads = at::get_num_threads();
-  int part_len = std::max(1, kPartitionLen / bs) * bs;  // whole blocks
+  const int part_len = std::max(1, kPartitionLen / bs) * bs;  // whole blocks
   auto num_parts = [&] { return (max_len + part_len - 1) / part_len; };
-  while (part_len / 2 >= std::max(bs, kMinPartitionLen) &&
-         static_cast<int64_t>(num_tokens) * num_parts() < 4 * threads)
-    part_len = part_len / 2 / bs * bs;
   const int parts = num_parts();
   const int64_t num_tasks = static_cast<int64_t>(num_tokens) * parts;
   const int stride = (H * D + 2 * H + 15) / 16 * 16;  // a partial (acc, m, l) in whole lines
@@ -243,9 +252,7 @@ void paged_attention_kernel(const Args<scalar_t>& a, scalar_t* out, bool portabl
       const scalar_t* qt = a.query + static_cast<int64_t>(t) * H * D;
       for (int i = 0; i < H * D; ++i) q[i] = static_cast<float>(qt[i]) * a.scale;
       attend(a, p, q, logits, acc, m, l, portable);
-      if (parts == 1)
-        for (int i = 0; i < H * D; ++i)
-          out[static_cast<int64_t>(t) * H * D + i] = static_cast<scalar_t>(acc[i] / l[i / D]);
+      if (parts == 1) normalise(acc, l, H, D, out + static_cast<int64_t>(t) * H * D);
     }
   });
   if (parts == 1) return;
@@ -254,6 +261,13 @@ void paged_attention_kernel(const Args<scalar_t>& a, scalar_t* out, bool portabl
     float* o = thread_scratch<2>(D);
     for (int64_t t = begin; t < end; ++t) {
       const float* tp = partials + t * parts * stride;  // this token's partials
+      int only = -1, filled = 0;  // a context within one partition: no merge, as when parts == 1
+      for (int p = 0; p < parts; ++p)
+        if (tp[p * stride + H * D + H] > 0.f) only = p, ++filled;
+      if (filled == 1) {
+        normalise(tp + only * stride, tp + only * stride + H * D + H, H, D, out + t * H * D);
+        continue;
+      }
       for (int h = 0; h < H; ++h) {
         auto m = [&](int p) { return tp[p * stride + H * D + h]; };
         auto l = [&](int p) { return tp[p * stride + H * D + H + h]; };

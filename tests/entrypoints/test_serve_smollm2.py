@@ -10,7 +10,10 @@ from vllm_mini.engine.arg_utils import EngineArgs
 from vllm_mini.engine.async_llm import AsyncLLM
 
 ENGINE_KWARGS = dict(max_model_len=256, kv_cache_memory_bytes=1 << 24)
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+# "Answer in one word": the bare question is a near-tie for the 135M model between "The capital
+# ..." and "L'Étoile, ..." (logit gap 0.08), which int8 activations (and llama.cpp on the same
+# file) resolve the other way; with it both paths answer "The capital of France is Paris."
+MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 @pytest.mark.slow

@@ -141,11 +141,10 @@ def test_cpu_kernel_alone_handles_prefill_with_context(dtype, portable):
 def test_cpu_kernel_splits_long_contexts_into_partitions(
     portable, block_size, head_size, num_kv_heads, group
 ):
-    """Contexts past 512 positions are split into partitions and merged by the reduce step.
+    """Contexts past 128 positions are split into partitions and merged by the reduce step.
 
-    One decode token over 1400 positions (split further, to keep every thread busy), decodes of
-    very different lengths (the short ones leave empty partitions), and a prefill chunk whose
-    rows straddle a partition boundary.
+    One decode token over 1400 positions, decodes of very different lengths (the short ones
+    leave empty partitions), and a prefill chunk whose rows straddle a partition boundary.
     """
     _check_cpu_kernel(
         [1], [1400], block_size, head_size, num_kv_heads, group, torch.float32, portable
@@ -162,3 +161,55 @@ def test_cpu_kernel_splits_long_contexts_into_partitions(
 def test_cpu_kernel_other_dtypes_and_head_sizes(portable, head_size, dtype):
     """float16 caches, and a head size the vector code has no version for (80: plain loops)."""
     _check_cpu_kernel([1, 5, 1], [600, 30, 17], 16, head_size, 2, 3, dtype, portable)
+
+
+@CPU_KERNEL
+@pytest.mark.parametrize("portable", [False, True], ids=["vector", "portable"])
+def test_cpu_kernel_is_batch_invariant(portable):
+    """A query row's output is bit for bit the same alone, beside any neighbours, on any thread
+    count, and as a decode or as one row of a prefill (a preempted request is recomputed so):
+    the partitions, hence the float sums, depend on the row's own context only."""
+    from vllm_mini.attention.ops.cpu_paged_attn import paged_attention_kernel
+
+    q_lens, ctx_lens = [1, 40, 1, 1, 7], [700, 300, 5, 129, 0]
+    query, kc, vc, bt, sl, qsl, _, _ = _case(16, 64, 3, 3, torch.float32, q_lens, ctx_lens)
+    scale = 64**-0.5
+
+    def run(q, rows, starts):
+        return paged_attention_kernel(
+            q,
+            kc,
+            vc,
+            bt[rows],
+            sl[rows],
+            torch.tensor(starts, dtype=torch.int32),
+            scale,
+            portable=portable,
+        )
+
+    threads = torch.get_num_threads()
+    try:
+        together = run(query, list(range(len(q_lens))), qsl.tolist())
+        for num_threads in sorted({1, 2, threads}):
+            torch.set_num_threads(num_threads)
+            assert torch.equal(run(query, list(range(len(q_lens))), qsl.tolist()), together)
+            for i, q_len in enumerate(q_lens):
+                lo = int(qsl[i])
+                alone = run(query[lo : lo + q_len], [i], [0, q_len])
+                assert torch.equal(alone, together[lo : lo + q_len]), (i, num_threads)
+            # Row 39 of sequence 1's prefill as a decode: its context is the 339 positions before.
+            short = sl.clone()
+            short[1] = ctx_lens[1] + 40
+            as_decode = paged_attention_kernel(
+                query[int(qsl[1]) + 39 :][:1],
+                kc,
+                vc,
+                bt[[1]],
+                short[[1]],
+                torch.tensor([0, 1], dtype=torch.int32),
+                scale,
+                portable=portable,
+            )
+            assert torch.equal(as_decode[0], together[int(qsl[1]) + 39])
+    finally:
+        torch.set_num_threads(threads)

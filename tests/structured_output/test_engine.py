@@ -144,18 +144,21 @@ def test_bad_constraints_name_the_field_and_the_engine_keeps_serving(llm, kwargs
 
 def test_speculative_drafts_are_masked_and_outputs_equal_plain_decoding(smollm2_gguf, llm, prompt):
     """n-gram drafts are walked through the grammar (and cut at the first forbidden token);
-    greedy constrained output equals the same request without speculation."""
+    greedy constrained output equals the same request without speculation. The third request
+    repeats itself by construction, so n-gram drafts are proposed and accepted whatever text
+    the model's free choices in the other two happen to repeat."""
     params = [
         SamplingParams(temperature=0, max_tokens=160, structured_outputs=_person()),
         SamplingParams(temperature=0, max_tokens=16, structured_outputs=_so(regex=REGEX)),
+        SamplingParams(temperature=0, max_tokens=40, structured_outputs=_so(regex=r"(na ){12}")),
     ]
-    plain = [o.outputs[0].text for o in llm.generate([prompt] * 2, params, use_tqdm=False)]
+    plain = [o.outputs[0].text for o in llm.generate([prompt] * 3, params, use_tqdm=False)]
     spec_llm = LLM(
         model=str(smollm2_gguf),
         max_model_len=512,
         speculative_config={"method": "ngram", "num_speculative_tokens": 3},
     )
-    outs = spec_llm.generate([prompt] * 2, params, use_tqdm=False)
+    outs = spec_llm.generate([prompt] * 3, params, use_tqdm=False)
     assert [o.outputs[0].text for o in outs] == plain
     stats = spec_llm.llm_engine.engine_core.scheduler.spec_decoding_stats
     assert stats.num_draft_tokens > 0 and stats.num_accepted_tokens > 0

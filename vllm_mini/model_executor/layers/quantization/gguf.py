@@ -18,16 +18,17 @@ may have different block types, so the method's own weight loader just collects 
 `process_weights_after_loading` then concatenates their rows into one matrix when the types agree
 (one kernel call) or keeps one matrix per shard (one call each, outputs concatenated).
 The embedding decodes only the rows it looks up; a tied LM head multiplies by the same blocks.
-With VLLM_MINI_GGUF_INT8_ACT=1, for 3 to 64 tokens of float32 x (decode batches, speculative
-verifies) the Q4_0/Q4_1/Q8_0 matmuls quantize x per block to int8 and use integer dot products
-(csrc/cpu/gguf_gemm_q8.cpp, AVX-512 VNNI); off by default, because a request's output would then
-depend on its batch neighbours (utils/gguf_ops.py says why and decides).
+Q4_0/Q4_1/Q8_0 parts of a float32 model run the int8-activation kernel at every token count
+(csrc/cpu/gguf_gemm_q8.cpp, AVX-512 VNNI; utils/gguf_ops.py says why and decides): their blocks
+are repacked once here into the kernel's groups of 16 rows (utils/gguf_q8.pack_q8, the same
+bytes reordered), which replace the file's layout; the embedding keeps both, since a lookup
+decodes rows. VLLM_MINI_GGUF_INT8_ACT=0 keeps the file's layout and the float kernels.
 Next: csrc/cpu/gguf_gemm.cpp, the kernel.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -39,8 +40,11 @@ from vllm_mini.model_executor.layers.quantization.base_config import (
 )
 from vllm_mini.model_executor.layers.quantization.utils.gguf_ops import (
     gguf_dequantize,
-    gguf_matmul,
+    gguf_matmul_float,
+    gguf_matmul_packed,
+    int8_path,
 )
+from vllm_mini.model_executor.layers.quantization.utils.gguf_q8 import pack_q8
 from vllm_mini.model_executor.layers.quantization.utils.gguf_quants import (
     bytes_per_row,
     ggml_type,
@@ -79,6 +83,15 @@ def _shard_order(shard_id: Any) -> tuple[int, int]:
     if isinstance(shard_id, str):
         return (1, "qkv".index(shard_id))
     return (1, int(shard_id))
+
+
+class GGUFPart(NamedTuple):
+    """One weight matrix of a layer: the file's blocks and/or the int8 kernel's packed groups."""
+
+    type_id: int  # ggml type
+    rows: int  # output rows N
+    blocks: torch.Tensor | None  # [N, bytes] as in the file; None once packed (linear layers)
+    packed: torch.Tensor | None  # [ceil(N / 16), bytes * 16] for the int8 kernel, or None
 
 
 class GGUFLinearMethod(QuantizeMethodBase):
@@ -147,24 +160,47 @@ class GGUFLinearMethod(QuantizeMethodBase):
         if len({type_id for type_id, _ in parts}) == 1:
             # One block type: stack the shards' rows into one matrix, so one kernel call.
             parts = [(parts[0][0], torch.cat([blocks for _, blocks in parts]))]
-        layer.gguf_parts = parts  # [(ggml type, [rows, bytes] blocks)], in output order
-        # The parameters now hold the loaded blocks (parameters() counts them as weight memory).
+        layer.gguf_parts = [self._part(layer, type_id, blocks) for type_id, blocks in parts]
+        # The parameters now hold the loaded weights (parameters() counts them as weight memory).
         del layer.qweight, layer.qweight_type
-        for i, (_, blocks) in enumerate(parts):
-            layer.register_parameter(f"qweight_{i}", nn.Parameter(blocks, requires_grad=False))
+        for i, part in enumerate(layer.gguf_parts):
+            for suffix, data in (("", part.blocks), ("_packed", part.packed)):
+                if data is not None:
+                    layer.register_parameter(
+                        f"qweight{suffix}_{i}", nn.Parameter(data, requires_grad=False)
+                    )
         del layer.gguf_shard_blocks, layer.gguf_shard_types
+
+    # A linear layer only multiplies: once packed, the file's layout is not kept.
+    keep_blocks_when_packed = False
+
+    def _part(self, layer: nn.Module, type_id: int, blocks: torch.Tensor) -> GGUFPart:
+        if not int8_path(type_id, layer.gguf_act_dtype):
+            return GGUFPart(type_id, blocks.shape[0], blocks, None)
+        packed = pack_q8(blocks, type_id)
+        kept = blocks if self.keep_blocks_when_packed else None
+        return GGUFPart(type_id, blocks.shape[0], kept, packed)
 
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        # x: [num_tokens, K] -> [num_tokens, sum of the parts' rows]
-        outs = [gguf_matmul(x, blocks, type_id) for type_id, blocks in layer.gguf_parts]
+        # x: [num_tokens, K] -> [num_tokens, sum of the parts' rows]. The path was chosen at load:
+        # a packed part runs the int8 kernel, the others the float one.
+        outs = [
+            gguf_matmul_packed(x, p.packed, p.type_id, p.rows)
+            if p.packed is not None
+            else gguf_matmul_float(x, p.blocks, p.type_id)
+            for p in layer.gguf_parts
+        ]
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return y if bias is None else y + bias
 
 
 class GGUFEmbeddingMethod(GGUFLinearMethod):
     """The token table in blocks: a lookup decodes only the rows asked for."""
+
+    # Lookups decode rows of the file's layout; a tied LM head multiplies with the packed copy.
+    keep_blocks_when_packed = True
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         # The table has pad_vocab_size rows; the file has the real vocab. Padding rows are
@@ -177,7 +213,7 @@ class GGUFEmbeddingMethod(GGUFLinearMethod):
 
     def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         # input_ids: [num_tokens] -> [num_tokens, hidden]
-        type_id, blocks = layer.gguf_parts[0]
-        rows = blocks.index_select(0, input_ids.reshape(-1))
-        out = gguf_dequantize(rows, type_id, layer.gguf_cols)
+        part = layer.gguf_parts[0]
+        rows = part.blocks.index_select(0, input_ids.reshape(-1))
+        out = gguf_dequantize(rows, part.type_id, layer.gguf_cols)
         return out.to(layer.gguf_act_dtype).reshape(*input_ids.shape, layer.gguf_cols)

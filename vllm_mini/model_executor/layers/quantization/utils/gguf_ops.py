@@ -5,16 +5,19 @@ Stage 7. The kernels are csrc/cpu/gguf_gemm.cpp (float activations) and csrc/cpu
 torch.ops.vllm_mini_C.gguf_gemm / gguf_gemm_q8 / gguf_dequantize. Their references:
 - gguf_matmul_reference: gguf_quants.dequantize, then F.linear; the float kernel differs from it
   only in the order the sums are added up;
-- gguf_matmul_q8_reference: x quantized per 32-block to int8 codes and a float scale (exactly as
-  the int8 kernel does, llama.cpp's Q8_0/Q8_1 activations), then the same product in float64.
+- gguf_q8.gguf_matmul_q8_reference: x quantized per 32-block to int8 codes and a float scale
+  (exactly as the int8 kernel does, llama.cpp's Q8_0/Q8_1 activations), then the product in
+  float64.
 
-Which path a call takes (gguf_matmul): for Q4_0/Q4_1/Q8_0 weights, float32 x and
-INT8_MIN_TOKENS <= tokens <= INT8_MAX_TOKENS the int8 kernel, where the float kernel is
-compute-bound (several rows of x per weight row); below that the float kernel (one row of x is
-memory-bound: both read the same bytes, and the float kernel's block decode is cheaper); from
-GEMM_MIN_TOKENS on a decode of the whole matrix and the float GEMM. The environment variable
-VLLM_MINI_GGUF_INT8_ACT=1 turns the int8 path on (off by default, see INT8_ACTIVATIONS; read at
-import; tests set INT8_ACTIVATIONS).
+Which path a call takes. Q4_0/Q4_1/Q8_0 weights with float32 x take the int8 kernel for EVERY
+number of tokens, from a decode step's 1 to a prefill's thousands (INT8_ACTIVATIONS, on by
+default; the layers pack their weights for it once at load, gguf_q8.pack_q8). One path and one
+fixed float summation order make each row's output independent of how many rows share the call:
+a request's greedy text does not change with its batch neighbours, when it is preempted and
+recomputed as a prefill, or when speculative decoding verifies several tokens at once (llama.cpp
+has the same property on CPU: it quantizes src1 for every batch size). Everything else (other
+block types, bfloat16 x, VLLM_MINI_GGUF_INT8_ACT=0): the float kernel below GEMM_MIN_TOKENS, a
+decode of the whole matrix and the float GEMM from there on; those do depend on the token count.
 Next: quantization/gguf.py, the method that calls these for every linear layer and the embedding.
 """
 
@@ -25,6 +28,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from vllm_mini.model_executor.layers.quantization.utils.gguf_q8 import INT8_TYPE_IDS, pack_q8
 from vllm_mini.model_executor.layers.quantization.utils.gguf_quants import dequantize
 
 # From this many tokens on (a prefill) we decode the whole matrix once and run the float GEMM,
@@ -33,18 +37,10 @@ from vllm_mini.model_executor.layers.quantization.utils.gguf_quants import dequa
 # gate_up 3072x576 kernel 0.56 ms vs 1.10 ms at 16 tokens; down 576x1536 0.98 vs 0.74 at 32.
 GEMM_MIN_TOKENS = 32
 
-# The int8-activation kernel's token range, measured with the shapes above on one thread (see
-# docs/stages/07_quantization.md): vs the float kernel 0.8-1.0x at 1-2 tokens (quantizing x
-# and expanding the scales cost more than they save), 1.15-1.26x at 5, 1.6-2.0x at 8 and 16.
-# Being ~2x cheaper per multiply-add it also beats the decode-then-GEMM path up to 64 tokens.
-INT8_MIN_TOKENS = 3
-INT8_MAX_TOKENS = 64
-INT8_TYPE_IDS = (2, 3, 8)  # Q4_0, Q4_1, Q8_0
-# Off by default: which kernel a row takes depends on how many rows share the step (3-64 go
-# int8), so a request's greedy output would change with its batch neighbours, with preemption and
-# with speculative verification (tests/structured_output and tests/spec_decode check that it does
-# not). The int8 path is per-row exact only against itself; turn it on for throughput.
-INT8_ACTIVATIONS = os.environ.get("VLLM_MINI_GGUF_INT8_ACT", "0") == "1"
+# The int8-activation path for float32 x on these block types (gguf_q8.py, gguf_gemm_q8.cpp), at
+# every token count. VLLM_MINI_GGUF_INT8_ACT=0 restores the float kernels (read at import; the
+# layers decide at load whether to pack their weights for it; tests set INT8_ACTIVATIONS).
+INT8_ACTIVATIONS = os.environ.get("VLLM_MINI_GGUF_INT8_ACT", "1") != "0"
 
 
 def _load_kernel() -> bool:
@@ -72,8 +68,8 @@ if KERNEL_AVAILABLE:
     if hasattr(torch.ops.vllm_mini_C, "gguf_gemm_q8"):
 
         @torch.library.register_fake("vllm_mini_C::gguf_gemm_q8")
-        def _gguf_gemm_q8_fake(x, qweight, type, use_portable=False):
-            return x.new_empty(x.shape[0], qweight.shape[0])
+        def _gguf_gemm_q8_fake(x, packed, type, n, use_portable=False):
+            return x.new_empty(x.shape[0], n)
 
     @torch.library.register_fake("vllm_mini_C::gguf_dequantize")
     def _gguf_dequantize_fake(qweight, type, cols):
@@ -92,42 +88,44 @@ def gguf_matmul_reference(x: torch.Tensor, qweight: torch.Tensor, type_id: int) 
     return F.linear(x, dequantize(qweight, type_id).to(x.dtype))
 
 
-def quantize_q8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] float32 -> int8-valued codes [M, K/32, 32] and scales dx [M, K/32, 1], float32.
+def int8_path(type_id: int, dtype: torch.dtype) -> bool:
+    """Whether x of this dtype times blocks of this type takes the int8-activation kernel."""
+    return (
+        INT8_ACTIVATIONS
+        and INT8_KERNEL_AVAILABLE
+        and type_id in INT8_TYPE_IDS
+        and dtype == torch.float32
+    )
 
-    The kernel's steps, each one float32 rounding: dx = max|x| * float32(1/127), inv = 1 / dx
-    (0 for an all-zero block), code = round(x * inv) with ties to even.
+
+def gguf_matmul_packed(
+    x: torch.Tensor, packed: torch.Tensor, type_id: int, rows: int
+) -> torch.Tensor:
+    """x [..., K] @ W^T with W packed by gguf_q8.pack_q8 (rows: W's N) -> [..., rows], x's dtype.
+
+    The int8 kernel whatever x's dtype (a bfloat16 x is widened exactly first) and token count.
     """
-    m, k = x.shape
-    if k % 32:
-        raise ValueError(f"gguf: int8 activations need whole blocks of 32 columns, got {k}")
-    xb = x.to(torch.float32).reshape(m, k // 32, 32)
-    dx = xb.abs().amax(-1, keepdim=True) * torch.tensor(1.0 / 127.0, dtype=torch.float32)
-    inv = torch.where(dx > 0, 1.0 / dx, torch.zeros_like(dx))
-    return torch.round(xb * inv), dx
-
-
-def gguf_matmul_q8_reference(x: torch.Tensor, qweight: torch.Tensor, type_id: int) -> torch.Tensor:
-    """The int8 kernel's oracle: x quantized per block as it does, then the product in float64."""
-    codes, dx = quantize_q8_reference(x)
-    xq = (codes.double() * dx.double()).reshape(x.shape)
-    return (xq @ dequantize(qweight, type_id).double().T).to(torch.float32)
+    if x.dim() == 2 and x.dtype == torch.float32:  # the model's case: no reshapes per call
+        return torch.ops.vllm_mini_C.gguf_gemm_q8(x, packed, type_id, rows)
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    y = torch.ops.vllm_mini_C.gguf_gemm_q8(x2, packed, type_id, rows)
+    return y.to(x.dtype).reshape(*x.shape[:-1], rows)
 
 
 def gguf_matmul(x: torch.Tensor, qweight: torch.Tensor, type_id: int) -> torch.Tensor:
     """x [..., K] (float32 or bfloat16) @ dequant(qweight [N, bytes])^T -> [..., N], x's dtype."""
+    if int8_path(type_id, x.dtype) and x.device.type == "cpu":
+        # The layers pack once at load and call gguf_matmul_packed; a bare call packs each time.
+        return gguf_matmul_packed(x, pack_q8(qweight, type_id), type_id, qweight.shape[0])
+    return gguf_matmul_float(x, qweight, type_id)
+
+
+def gguf_matmul_float(x: torch.Tensor, qweight: torch.Tensor, type_id: int) -> torch.Tensor:
+    """gguf_matmul with float activations: the float kernel, or decode + GEMM for many tokens."""
     if not KERNEL_AVAILABLE or x.device.type != "cpu":
         return gguf_matmul_reference(x, qweight, type_id)
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    if (
-        INT8_ACTIVATIONS
-        and INT8_KERNEL_AVAILABLE
-        and type_id in INT8_TYPE_IDS
-        and x.dtype == torch.float32
-        and INT8_MIN_TOKENS <= x2.shape[0] <= INT8_MAX_TOKENS
-    ):
-        y = torch.ops.vllm_mini_C.gguf_gemm_q8(x2, qweight, type_id)
-    elif x2.shape[0] >= GEMM_MIN_TOKENS:
+    if x2.shape[0] >= GEMM_MIN_TOKENS:
         w = gguf_dequantize(qweight, type_id, x2.shape[1]).to(x.dtype)
         y = F.linear(x2, w)
     else:
