@@ -108,7 +108,9 @@ METHODS = [
     # llm-compressor checkpoints of the same float32 weights: make them first with
     # `python benchmarks/quantized_checkpoints.py w8a8-int8-rtn` (and fp8-dynamic).
     Method(
-        "w8a8-int8", {"model": str(QUANTIZED / "w8a8-int8-rtn")}, "compressed-tensors W8A8, _int_mm"
+        "w8a8-int8",
+        {"model": str(QUANTIZED / "w8a8-int8-rtn")},
+        "compressed-tensors W8A8, int8_linear (C++ quantize + _int_mm + epilogue)",
     ),
     Method(
         "fp8-dynamic", {"model": str(QUANTIZED / "fp8-dynamic")}, "compressed-tensors FP8_DYNAMIC"

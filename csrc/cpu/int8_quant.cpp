@@ -2,7 +2,7 @@
 // per-token quantization of the activations, and the epilogue that turns int32 sums back into
 // floats. Stage 7 (issue 13: W8A8 throughput).
 //
-// Mirrors vllm/csrc/cpu/quant.cpp's dynamic_scaled_int8_quant and the scale epilogue of its
+// Mirrors vllm/csrc/cpu/dnnl_kernels.cpp's dynamic_scaled_int8_quant and the scale epilogue of its
 // int8_scaled_mm (vLLM's CPU backend fuses both into its oneDNN call). The product in between
 // stays `torch._int_mm` (oneDNN's VNNI kernel); see
 // vllm_mini/model_executor/layers/quantization/utils/w8a8_utils.py for the formula:

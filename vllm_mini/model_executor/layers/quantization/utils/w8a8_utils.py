@@ -14,8 +14,8 @@ s = max|v| / 127; float8_e4m3fn codes are v / s rounded to the nearest e4m3 valu
 compare them.
 
 On a CPU the two halves around the int8 matmul, quantizing x and scaling the int32 sums back,
-are one C++ pass each (csrc/cpu/int8_quant.cpp, vLLM: csrc/cpu/quant.cpp) instead of ~6 torch
-ops each; they give the torch versions' results bit for bit. VLLM_MINI_CPU_FUSED_OPS=0 (the
+are one C++ pass each (csrc/cpu/int8_quant.cpp; vLLM: csrc/cpu/dnnl_kernels.cpp) instead of ~6
+torch ops each; they give the torch versions' results bit for bit. VLLM_MINI_CPU_FUSED_OPS=0 (the
 switch of the other small-op kernels) keeps the torch versions. Next:
 compressed_tensors/schemes/compressed_tensors_w8a8_int8.py.
 """
