@@ -6,7 +6,8 @@ method; another method is one more entry) we measure, in this one process, takin
 - batch-1 decode tokens/s (median of --repeats runs) next to its roof: copy bandwidth divided by
   the bytes read per token (every weight once; the tied embedding table is read as the LM head);
 - throughput: the random workload of benchmarks/throughput.py (common.random_workload), scaled
-  down by default to fit a 2-core CPU;
+  down by default to fit a 2-core CPU, median of --throughput-repeats runs (the prefix cache is
+  emptied before each, so a repeat recomputes every prompt);
 - quality: perplexity on the first --ppl-tokens tokens of the GPL-3 text Debian ships in
   /usr/share/common-licenses/GPL-3 (else Python's pydoc_data/topics.py), in windows of
   --ppl-window tokens, and greedy agreement with the first entry over fixed chat prompts;
@@ -166,13 +167,21 @@ def decode_tok_s(llm: LLM, prompt: list[int], n: int, repeats: int) -> list[floa
     return rates
 
 
-def throughput_tok_s(llm: LLM, prompts: list[list[int]], out_lens: list[int]) -> float:
+def throughput_tok_s(
+    llm: LLM, prompts: list[list[int]], out_lens: list[int], repeats: int = 1
+) -> float:
+    """Output tokens/s on the workload, the median of `repeats` runs."""
     reqs = [{"prompt_token_ids": p} for p in prompts]
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in out_lens]
-    t = time.perf_counter()
-    outs = llm.generate(reqs, params, use_tqdm=False)
-    elapsed = time.perf_counter() - t
-    return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+    rates = []
+    for _ in range(repeats):
+        # A second run would otherwise find every prompt's blocks cached and skip the prefills.
+        llm.llm_engine.reset_prefix_cache()
+        t = time.perf_counter()
+        outs = llm.generate(reqs, params, use_tqdm=False)
+        elapsed = time.perf_counter() - t
+        rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / elapsed)
+    return statistics.median(rates)
 
 
 def greedy(llm: LLM, prompt_ids: list[list[int]], n: int) -> list[list[int]]:
@@ -342,6 +351,7 @@ def main() -> None:
     parser.add_argument("--num-requests", type=int, default=16)
     parser.add_argument("--ppl-tokens", type=int, default=2048)
     parser.add_argument("--ppl-window", type=int, default=512)
+    parser.add_argument("--throughput-repeats", type=int, default=3)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-llamacpp", action="store_true")
@@ -364,7 +374,7 @@ def main() -> None:
         row = {"method": method.name, "note": method.note, "bytes": weight_bytes(model)}
         row["decode"] = statistics.median(decode_tok_s(llm, prompt, args.output_len, args.repeats))
         if not args.skip_throughput:
-            row["throughput"] = throughput_tok_s(llm, *workload)
+            row["throughput"] = throughput_tok_s(llm, *workload, args.throughput_repeats)
         if not args.skip_quality:
             tok = llm.get_tokenizer()
             chats = [
