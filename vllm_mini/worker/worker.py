@@ -23,7 +23,7 @@ from vllm_mini.core.sched.output import GrammarOutput, ModelRunnerOutput, Schedu
 from vllm_mini.distributed import get_pp_group, get_tp_group
 from vllm_mini.distributed.parallel_state import CommStats
 from vllm_mini.logger import init_logger
-from vllm_mini.platforms.cpu import cpu_kv_cache_space_bytes
+from vllm_mini.platforms.cpu import cpu_kv_cache_space_bytes, tune_malloc
 from vllm_mini.worker.model_runner import ModelRunner
 
 logger = init_logger(__name__)
@@ -80,6 +80,8 @@ class Worker:
         self.device = vllm_config.device_config.torch_device
         self.model_runner = ModelRunner(vllm_config)
         self._before_load = self._after_load = None  # CUDA memory snapshots
+        if self.device.type == "cpu":
+            tune_malloc()  # activations reuse freed heap instead of fresh mmap pages
 
     def load_model(self) -> None:
         torch.manual_seed(self.vllm_config.model_config.seed)
