@@ -2,7 +2,8 @@
 //
 // Stage 4. Mirrors vllm/csrc/cpu/attention.cpp (vLLM's CPU backend), with the work split of
 // csrc/attention/paged_attention_v2.cu. Layout (shared with every backend):
-//   query       [num_tokens, num_heads, head_size]
+//   query       [num_tokens, num_heads, head_size]  (rows may be strided: a view of the qkv
+//                                                    output; each row's heads are contiguous)
 //   key_cache   [num_blocks, block_size, num_kv_heads, head_size]   (value_cache likewise)
 //   block_table [num_seqs, max_blocks_per_seq] int32, seq_lens [num_seqs] int32,
 //   query_start_loc [num_seqs + 1] int32: sequence i's queries are the LAST q_len of its context.
@@ -52,6 +53,7 @@ struct Args {
   const int *block_table, *seq_lens, *query_start_loc;
   int num_seqs, num_heads, num_kv_heads, head_size, block_size, max_blocks_per_seq;
   float scale;
+  int64_t query_row_stride;  // elements from one token's query row to the next
   int64_t row() const { return static_cast<int64_t>(num_kv_heads) * head_size; }  // 1 position
 };
 
@@ -249,7 +251,7 @@ void paged_attention_kernel(const Args<scalar_t>& a, scalar_t* out, bool portabl
         std::fill(l, l + H, 0.f);
         continue;
       }
-      const scalar_t* qt = a.query + static_cast<int64_t>(t) * H * D;
+      const scalar_t* qt = a.query + static_cast<int64_t>(t) * a.query_row_stride;
       for (int i = 0; i < H * D; ++i) q[i] = static_cast<float>(qt[i]) * a.scale;
       attend(a, p, q, logits, acc, m, l, portable);
       if (parts == 1) normalise(acc, l, H, D, out + static_cast<int64_t>(t) * H * D);
@@ -293,9 +295,10 @@ torch::Tensor paged_attention(torch::Tensor query, torch::Tensor key_cache,
                               torch::Tensor value_cache, torch::Tensor block_table,
                               torch::Tensor seq_lens, torch::Tensor query_start_loc, double scale,
                               torch::Tensor out, bool portable) {
-  TORCH_CHECK(query.is_contiguous() && key_cache.is_contiguous() && value_cache.is_contiguous() &&
-                  out.is_contiguous(),
-              "paged_attention: query, out and the caches must be contiguous");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous() && out.is_contiguous(),
+              "paged_attention: out and the caches must be contiguous");
+  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1 && query.stride(1) == query.size(2),
+              "paged_attention: each query row's [num_heads, head_size] must be contiguous");
   TORCH_CHECK(block_table.scalar_type() == torch::kInt32 &&
                   seq_lens.scalar_type() == torch::kInt32 &&
                   query_start_loc.scalar_type() == torch::kInt32,
@@ -309,21 +312,27 @@ torch::Tensor paged_attention(torch::Tensor query, torch::Tensor key_cache,
                            qsl.data_ptr<int>(), static_cast<int>(sl.size(0)),
                            static_cast<int>(query.size(1)), static_cast<int>(key_cache.size(2)),
                            static_cast<int>(query.size(2)), static_cast<int>(key_cache.size(1)),
-                           static_cast<int>(bt.size(1)), static_cast<float>(scale)};
+                           static_cast<int>(bt.size(1)), static_cast<float>(scale),
+                           query.stride(0)};
     paged_attention_kernel(a, out.data_ptr<scalar_t>(), portable);
   }), at::kFloat, at::kBFloat16, at::kHalf);
   return out;
 }
 
 // Write each new token's K and V into its slot (vLLM: csrc/cpu/cache.cpp reshape_and_cache).
+// key/value may be row-strided views of the qkv output, as long as each token's row is one run.
 void reshape_and_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
                        torch::Tensor value_cache, torch::Tensor slot_mapping) {
   TORCH_CHECK(slot_mapping.scalar_type() == torch::kInt64, "slot_mapping must be int64");
-  auto k = key.contiguous();
-  auto v = value.contiguous();
+  auto rows_contiguous = [](const torch::Tensor& t) {
+    return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2);
+  };
+  auto k = rows_contiguous(key) ? key : key.contiguous();
+  auto v = rows_contiguous(value) ? value : value.contiguous();
   auto slots = slot_mapping.contiguous();
   const int64_t num_tokens = k.size(0);
   const int64_t row = k.size(1) * k.size(2);  // kv_heads * head_size elements per token
+  const int64_t k_stride = k.stride(0), v_stride = v.stride(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k.scalar_type(), "reshape_and_cache", [&] {
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
@@ -333,8 +342,8 @@ void reshape_and_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key
     for (int64_t t = 0; t < num_tokens; ++t) {
       const int64_t slot = sp[t];
       if (slot < 0) continue;  // padding token
-      std::copy(kp + t * row, kp + (t + 1) * row, kc + slot * row);
-      std::copy(vp + t * row, vp + (t + 1) * row, vc + slot * row);
+      std::copy(kp + t * k_stride, kp + t * k_stride + row, kc + slot * row);
+      std::copy(vp + t * v_stride, vp + t * v_stride + row, vc + slot * row);
     }
   });
 }

@@ -213,3 +213,35 @@ def test_cpu_kernel_is_batch_invariant(portable):
             assert torch.equal(as_decode[0], together[int(qsl[1]) + 39])
     finally:
         torch.set_num_threads(threads)
+
+
+@CPU_KERNEL
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_reads_strided_views_of_the_qkv_output(dtype):
+    """The model hands q, k and v over as column slices of one qkv matrix (rows 960 floats apart
+    for SmolLM2): the kernel and reshape_and_cache read those rows in place, with the bits a
+    contiguous copy gives, and refuse a layout whose heads are not contiguous within a row."""
+    from vllm_mini.attention.ops import cpu_paged_attn as cpu
+
+    query, kc, vc, bt, sl, qsl, _, _ = _case(16, 64, 2, 3, dtype, [7, 1, 20], [30, 50, 0])
+    t, h, d = query.shape
+    qkv = torch.randn(t, (h + 4) * d).to(dtype)  # q, k, v of 2 kv heads each, then the q slot
+    qkv[:, : h * d] = query.reshape(t, -1)
+    q_view = qkv[:, : h * d].view(t, h, d)
+    k_view, v_view = (
+        qkv[:, h * d + i * 2 * d : h * d + (i + 1) * 2 * d].view(t, 2, d) for i in (0, 1)
+    )
+    assert q_view.stride(0) == (h + 4) * d and not q_view.is_contiguous()
+    got = cpu.paged_attention_kernel(q_view, kc, vc, bt, sl, qsl, 0.125)
+    want = cpu.paged_attention_kernel(q_view.contiguous(), kc, vc, bt, sl, qsl, 0.125)
+    assert torch.equal(got, want)
+
+    slots = torch.randperm(kc.shape[0] * kc.shape[1])[:t]
+    caches = [torch.zeros_like(kc) for _ in range(4)]
+    cpu.reshape_and_cache(k_view, v_view, caches[0], caches[1], slots)
+    cpu.reshape_and_cache(k_view.contiguous(), v_view.contiguous(), caches[2], caches[3], slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+
+    heads_apart = q_view.transpose(0, 1).contiguous().transpose(0, 1)  # head rows not one run
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        cpu.paged_attention_kernel(heads_apart, kc, vc, bt, sl, qsl, 0.125)

@@ -120,8 +120,11 @@ def run_plan(
     key/value: this step's new K/V ([T, kv_heads, D], already written to the cache), or None to
     read every sequence's K/V from the cache.
     """
-    query = query.contiguous()
-    out = torch.empty_like(query) if out is None else out
+    # The kernel reads strided query rows (a view of the qkv output) without a copy; SDPA's
+    # prompts below take the rows as they come too.
+    if query.stride(-1) != 1 or query.stride(-2) != query.shape[-1]:
+        query = query.contiguous()
+    out = torch.empty(query.shape, dtype=query.dtype) if out is None else out
     rows = plan.kernel_rows
     args = (key_cache, value_cache, plan.kernel_block_table, plan.kernel_seq_lens)
     if isinstance(rows, slice):  # one range of rows: the kernel writes straight into `out`
@@ -178,7 +181,7 @@ def paged_attention_kernel(
     `portable=True` runs the plain-loop implementation even where the AVX-512 one exists, so
     that the tests check the code path of CPUs without AVX-512 on any machine.
     """
-    out = torch.empty_like(query) if out is None else out
+    out = torch.empty(query.shape, dtype=query.dtype) if out is None else out
     return _C.paged_attention(
         query, key_cache, value_cache, block_table, seq_lens, query_start_loc, scale, out, portable
     )
