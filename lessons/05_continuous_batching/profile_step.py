@@ -106,20 +106,24 @@ def profile_one_step(engine: LLMEngine) -> profile:
     return prof
 
 
-def _inside(event: Any, label: str) -> bool:
+def _inside(event: Any, label: str | set[str]) -> bool:
+    labels = {label} if isinstance(label, str) else label
     parent = event.cpu_parent
     while parent is not None:
-        if parent.name == label:
+        if parent.name in labels:
             return True
         parent = parent.cpu_parent
     return False
 
 
 # The ops a linear layer runs, by path: F.linear (the reference), the prepacked oneDNN matmul of
-# float weights on CPU (layers/utils.py), and the stage-7 kernels for GGUF and 4-bit weights.
+# float weights on CPU (layers/utils.py: `mkldnn::_linear_pointwise` in eager mode, inside our
+# `vllm_mini::onednn_linear` wrapper under torch.compile), and the stage-7 kernels for GGUF and
+# 4-bit weights.
 LINEAR_OPS = {
     "aten::linear",
     "vllm_mini::onednn_linear",
+    "mkldnn::_linear_pointwise",
     "vllm_mini_C::gguf_gemm",
     "vllm_mini_C::w4a16_gemm",
 }
@@ -139,8 +143,12 @@ def breakdown(prof: profile) -> dict[str, float]:
         return sum(e.cpu_time_total for e in events if e.name == name) / 1e3
 
     ms = {label: total(label) for label in (*PHASES, "attention", "step")}
-    # No linear op is nested in another, so summing them counts each matmul once.
-    linears = [e for e in events if e.name in LINEAR_OPS and _inside(e, "forward")]
+    # The outermost linear op of each matmul (the wrapper, when there is one), counted once.
+    linears = [
+        e
+        for e in events
+        if e.name in LINEAR_OPS and _inside(e, "forward") and not _inside(e, LINEAR_OPS)
+    ]
     ms["linear"] = sum(e.cpu_time_total for e in linears) / 1e3
     ms["forward_python"] = sum(e.self_cpu_time_total for e in events if e.name == "forward") / 1e3
     ms["forward_ops"] = ms["forward"] - ms["linear"] - ms["attention"] - ms["forward_python"]
