@@ -176,7 +176,8 @@ def throughput_tok_s(
     rates = []
     for _ in range(repeats):
         # A second run would otherwise find every prompt's blocks cached and skip the prefills.
-        llm.llm_engine.reset_prefix_cache()
+        if not llm.llm_engine.reset_prefix_cache():
+            raise RuntimeError("the prefix cache could not be emptied: blocks are still in use")
         t = time.perf_counter()
         outs = llm.generate(reqs, params, use_tqdm=False)
         elapsed = time.perf_counter() - t

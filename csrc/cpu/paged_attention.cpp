@@ -291,14 +291,20 @@ void paged_attention_kernel(const Args<scalar_t>& a, scalar_t* out, bool portabl
 
 }  // namespace
 
+// A [tokens, heads, head_size] tensor whose rows may be strided (a view of the qkv output) but
+// whose heads within a row are one run: the kernels read it in place; anything else is copied.
+static bool rows_contiguous(const torch::Tensor& t) {
+  return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2);
+}
+
 torch::Tensor paged_attention(torch::Tensor query, torch::Tensor key_cache,
                               torch::Tensor value_cache, torch::Tensor block_table,
                               torch::Tensor seq_lens, torch::Tensor query_start_loc, double scale,
                               torch::Tensor out, bool portable) {
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous() && out.is_contiguous(),
               "paged_attention: out and the caches must be contiguous");
-  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1 && query.stride(1) == query.size(2),
-              "paged_attention: each query row's [num_heads, head_size] must be contiguous");
+  TORCH_CHECK(query.dim() == 3, "paged_attention: query must be [num_tokens, heads, head_size]");
+  if (!rows_contiguous(query)) query = query.contiguous();
   TORCH_CHECK(block_table.scalar_type() == torch::kInt32 &&
                   seq_lens.scalar_type() == torch::kInt32 &&
                   query_start_loc.scalar_type() == torch::kInt32,
@@ -324,9 +330,6 @@ torch::Tensor paged_attention(torch::Tensor query, torch::Tensor key_cache,
 void reshape_and_cache(torch::Tensor key, torch::Tensor value, torch::Tensor key_cache,
                        torch::Tensor value_cache, torch::Tensor slot_mapping) {
   TORCH_CHECK(slot_mapping.scalar_type() == torch::kInt64, "slot_mapping must be int64");
-  auto rows_contiguous = [](const torch::Tensor& t) {
-    return t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2);
-  };
   auto k = rows_contiguous(key) ? key : key.contiguous();
   auto v = rows_contiguous(value) ? value : value.contiguous();
   auto slots = slot_mapping.contiguous();

@@ -12,7 +12,7 @@ by one thread only.
 thread. That is a speed rule, not a safety one: each thread that starts OpenMP parallel work gets
 its own pool of OpenMP workers, and once the pools hold more threads than there are cores,
 libgomp's idle workers stop spin-waiting and sleep. Every parallel region then pays a wake-up
-(~30 us for a small op instead of ~5), and a batch-1 decode step took 23 ms instead of 16 on a
+(~35 us for a small op instead of ~7), and a batch-1 decode step took 23 ms instead of 16 on a
 2-core machine (vLLM avoids it by running the core as its own process's main thread).
 So `add_request` and `get_stats` never wait for a step to finish: the loop keeps serving HTTP
 while a long step runs. A consumer that stops iterating (client disconnect, task cancel) aborts

@@ -120,10 +120,8 @@ def run_plan(
     key/value: this step's new K/V ([T, kv_heads, D], already written to the cache), or None to
     read every sequence's K/V from the cache.
     """
-    # The kernel reads strided query rows (a view of the qkv output) without a copy; SDPA's
-    # prompts below take the rows as they come too.
-    if query.stride(-1) != 1 or query.stride(-2) != query.shape[-1]:
-        query = query.contiguous()
+    # query may be a row-strided view of the qkv output: the kernel reads such rows in place
+    # (it copies any other layout itself), and SDPA below takes the rows as they come.
     out = torch.empty(query.shape, dtype=query.dtype) if out is None else out
     rows = plan.kernel_rows
     args = (key_cache, value_cache, plan.kernel_block_table, plan.kernel_seq_lens)
