@@ -64,6 +64,7 @@ def cpu_extension() -> CppExtension:
             "csrc/cpu/gguf_gemm_q8.cpp",
             "csrc/cpu/fp8_gemm.cpp",
             "csrc/cpu/int8_quant.cpp",
+            "csrc/cpu/dense_gemm.cpp",
         ],
         # An edited header rebuilds too; sdists carry them.
         depends=[

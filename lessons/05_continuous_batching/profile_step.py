@@ -116,12 +116,13 @@ def _inside(event: Any, label: str | set[str]) -> bool:
     return False
 
 
-# The ops a linear layer runs, by path: F.linear (the reference), the prepacked oneDNN matmul of
-# float weights on CPU (layers/utils.py: `mkldnn::_linear_pointwise` in eager mode, inside our
-# `vllm_mini::onednn_linear` wrapper under torch.compile), and the stage-7 kernels for GGUF and
-# 4-bit weights.
+# The ops a linear layer runs, by path: F.linear (the reference), the prepacked float weights on
+# CPU (layers/utils.py: our dense kernel by default; oneDNN's matmul with VLLM_MINI_CPU_GEMM=onednn,
+# `mkldnn::_linear_pointwise` in eager mode, inside our `vllm_mini::onednn_linear` wrapper under
+# torch.compile), and the stage-7 kernels for GGUF and 4-bit weights.
 LINEAR_OPS = {
     "aten::linear",
+    "vllm_mini_C::dense_gemm",
     "vllm_mini::onednn_linear",
     "mkldnn::_linear_pointwise",
     "vllm_mini_C::gguf_gemm",

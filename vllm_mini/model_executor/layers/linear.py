@@ -23,7 +23,7 @@ from vllm_mini.distributed import (
     tensor_model_parallel_all_reduce,
 )
 from vllm_mini.model_executor.layers.quantization import QuantizationConfig, QuantizeMethodBase
-from vllm_mini.model_executor.layers.utils import can_prepack, onednn_linear, prepack_weight
+from vllm_mini.model_executor.layers.utils import can_prepack, packed_linear, prepack_weight
 
 
 def divide(numerator: int, denominator: int) -> int:
@@ -58,10 +58,11 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
         weight = layer.weight
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2:
             weight.data = weight.data.t().contiguous().t()
-        # Like vLLM's CPU backend, go further: a copy prepacked for oneDNN, used by apply (2.1x
-        # per fp32 step at 16 rows; utils.py explains). The plain weight stays for F.linear.
+        # Like vLLM's CPU backend, go further: a copy prepacked for the GEMM kernel apply calls
+        # (our dense kernel, or oneDNN; utils.py explains). The plain weight stays for F.linear.
+        tp_size = getattr(layer, "tp_size", 1)
         layer.weight_packed = (
-            prepack_weight(weight) if can_prepack(weight, getattr(layer, "tp_size", 1)) else None
+            prepack_weight(weight, tp_size) if can_prepack(weight, tp_size) else None
         )
 
     def apply(
@@ -69,7 +70,7 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
     ) -> torch.Tensor:
         packed = getattr(layer, "weight_packed", None)  # None: not loaded yet, or switched off
         if packed is not None:
-            return onednn_linear(x, packed, bias)
+            return packed_linear(x, packed, bias)
         return torch.nn.functional.linear(x, layer.weight, bias)
 
 

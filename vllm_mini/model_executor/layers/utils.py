@@ -1,28 +1,30 @@
-"""Prepacked oneDNN weights: the CPU fast path for float linear layers and the LM head.
+"""Prepacked weights: the CPU fast path for float linear layers and the LM head.
 
 Stage 2 (a CPU speed-up of the layers in linear.py). Mirrors vllm/model_executor/layers/utils.py
-(`dispatch_cpu_unquantized_gemm`, which vLLM's CPU backend runs once per layer at load time).
+(`dispatch_cpu_unquantized_gemm`, which vLLM's CPU backend runs once per layer at load time to
+pick a kernel and repack the weight for it).
 
 What "prepacking" means. A GEMM kernel does not read the weight in the checkpoint's [out, in]
-row-major order: its inner loop wants small tiles (say 16 or 64 output features by a few input
+row-major order: its inner loop wants small tiles (say 16 output features by a few input
 features) sitting next to each other in memory, so that one cache line feeds a whole vector FMA.
 `F.linear` hands MKL/oneDNN the plain matrix, so the library re-tiles ("packs") the weight on
-every call, or reads it with strided loads. Prepacking does that reordering ONCE, at load time
-(`torch.ops.mkldnn._reorder_linear_weight`), into the blocked layout oneDNN's kernel picks for this
-CPU; each forward then calls `torch.ops.mkldnn._linear_pointwise`, which reads the packed weight
-as it is. These are the two ops inductor itself emits when it freezes a CPU model.
+every call, or reads it with strided loads. Prepacking does that reordering ONCE, at load time.
 
-Why it pays at both batch sizes. At batch 1 (decode) each weight is read once per token, so the
-step is bound by memory traffic: a packed weight is read in one contiguous pass, with no
-per-call packing buffer. At batch 16 or more the same weight tile is reused by every row, the
-step becomes compute-bound, and the packed tile is exactly what the FMA loop wants. Measured on
-our 2-core AVX-512 CPU, 1 thread (benchmarks/RESULTS.md): fp32 per layer 2.0-2.7x at 16-128 rows;
-at 1 row a small layer that sits in cache is slower (oneDNN's fixed ~10 us a call), yet the engine
-gains at batch 1 too (fp32 1.36x, bf16 1.55x tok/s): there every weight comes from memory.
-The price: the plain weight is kept beside the packed copy (twice the float weight memory).
-
-`F.linear` stays the reference path: `VLLM_MINI_CPU_ONEDNN=0` (read when the model loads) keeps
-it everywhere, and it is what runs on any other device, dtype, or a tensor-parallel shard.
+Three backends, picked by `VLLM_MINI_CPU_GEMM` (read when the model loads):
+  - "dense" (the default): our own kernel, csrc/cpu/dense_gemm.cpp, on the weight repacked into
+    16-column blocks (`pack_dense`): a 6-row x 64-column register tile of AVX-512 FMAs
+    (`vdpbf16ps` for bfloat16). Measured on a whole SmolLM2 step's linears against oneDNN on
+    its own packed weights: 1.1-1.4x at 1-64 rows, level at 256-1024 (benchmarks/RESULTS.md);
+    at decode sizes oneDNN's fixed cost per call (~10 us, x 121 matmuls a step) is what we save.
+  - "onednn": what vLLM's CPU backend calls (vllm/csrc/cpu/dnnl_helper.cpp): oneDNN's matmul on
+    its blocked layout (`torch.ops.mkldnn._reorder_linear_weight` at load, then
+    `torch.ops.mkldnn._linear_pointwise`; the two ops inductor emits when it freezes a CPU
+    model). Also the fallback for a weight the dense kernel cannot take (out features not a
+    multiple of 16, an odd bfloat16 in features, a build without AVX-512).
+  - "torch": `F.linear` everywhere, the reference path. It is also what runs on any other
+    device, dtype (fp16: no AVX-512 FP16 here), or a tensor-parallel shard.
+The price of the first two: the plain weight is kept beside the packed copy (twice the float
+weight memory), for F.linear, the embedding lookup of a tied LM head, and the HF checks.
 Next: linear.py (UnquantizedLinearMethod) and vocab_parallel_embedding.py, which call this.
 """
 
@@ -32,7 +34,27 @@ import os
 
 import torch
 
-ONEDNN_ENV = "VLLM_MINI_CPU_ONEDNN"
+GEMM_ENV = "VLLM_MINI_CPU_GEMM"
+BACKENDS = ("dense", "onednn", "torch")
+DENSE_BLOCK_N = 16  # output columns per packed block (one AVX-512 register of floats)
+
+try:
+    from vllm_mini import _C  # noqa: F401 (importing it registers the dense_gemm operator)
+
+    _DENSE_FAST = (
+        torch.ops.vllm_mini_C.dense_gemm_fast_dtypes()
+        if hasattr(torch.ops.vllm_mini_C, "dense_gemm")
+        else 0
+    )
+except ImportError:  # kernels not built: oneDNN or F.linear
+    _DENSE_FAST = 0
+
+if _DENSE_FAST:
+
+    @torch.library.register_fake("vllm_mini_C::dense_gemm")
+    def _dense_gemm_fake(x, packed, bias, portable=False):
+        return x.new_empty(x.shape[0], packed.shape[0] * DENSE_BLOCK_N)
+
 
 # torch.compile: inductor lowers `mkldnn._linear_pointwise` only when the packed weight is a
 # graph constant (its freezing pass made it); dynamo passes our weights as graph inputs, so we
@@ -60,35 +82,104 @@ _lib.impl("onednn_linear", _onednn_linear_impl, "CompositeExplicitAutograd")
 torch.library.register_fake("vllm_mini::onednn_linear", _onednn_linear_fake, lib=_lib)
 
 
-def onednn_enabled() -> bool:
-    """The switch: on unless VLLM_MINI_CPU_ONEDNN=0 (then every layer runs F.linear)."""
-    return os.environ.get(ONEDNN_ENV, "1").strip() != "0" and torch.backends.mkldnn.is_available()
+def gemm_backend() -> str:
+    """The backend `VLLM_MINI_CPU_GEMM` asks for (default "dense"); a bad value is an error."""
+    name = os.environ.get(GEMM_ENV, "dense").strip().lower() or "dense"
+    if name not in BACKENDS:
+        raise ValueError(f"{GEMM_ENV} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
 
 
-def can_prepack(weight: torch.Tensor, tp_size: int = 1) -> bool:
-    """Whether `weight` ([out, in]) gets a oneDNN copy: CPU, fp32 or bf16, one rank, switch on."""
-    if not onednn_enabled() or weight.device.type != "cpu" or weight.dim() != 2:
+def dense_supports(weight: torch.Tensor) -> bool:
+    """Whether the dense kernel takes this [out, in] weight with its vector path."""
+    out_f, in_f = weight.shape
+    if out_f % DENSE_BLOCK_N:
         return False
-    # Tensor parallelism on CPU runs one process per rank on the same cores; not measured there.
-    if tp_size != 1:
+    if weight.dtype == torch.float32:
+        return bool(_DENSE_FAST & 1)
+    return weight.dtype == torch.bfloat16 and in_f % 2 == 0 and bool(_DENSE_FAST & 2)
+
+
+def _onednn_supports(weight: torch.Tensor) -> bool:
+    if not torch.backends.mkldnn.is_available():
         return False
     if weight.dtype == torch.bfloat16:  # needs AVX-512 BF16 (or AMX) to be fast
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return weight.dtype == torch.float32  # fp16: oneDNN emulates it on CPUs without AVX-512 FP16
 
 
-def prepack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[out, in] float weight -> the same matrix in oneDNN's blocked layout (an opaque tensor)."""
-    # batch_size=None: let oneDNN pick one layout for every number of rows (a hint of 1 or 16
-    # picked the same speed here), so decode and prefill share the one copy.
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+def pick_backend(weight: torch.Tensor, tp_size: int = 1) -> str:
+    """The backend this weight will run with: the one asked for, else the next that takes it."""
+    asked = gemm_backend()
+    if asked == "torch" or weight.device.type != "cpu" or weight.dim() != 2:
+        return "torch"
+    # Tensor parallelism on CPU runs one process per rank on the same cores; not measured there.
+    if tp_size != 1 or weight.dtype not in (torch.float32, torch.bfloat16):
+        return "torch"
+    if asked == "dense" and dense_supports(weight):
+        return "dense"
+    return "onednn" if _onednn_supports(weight) else "torch"
+
+
+def can_prepack(weight: torch.Tensor, tp_size: int = 1) -> bool:
+    """Whether `weight` ([out, in]) gets a packed copy (any backend but F.linear)."""
+    return pick_backend(weight, tp_size) != "torch"
+
+
+def pack_dense(weight: torch.Tensor) -> torch.Tensor:
+    """[out, in] -> the dense kernel's blocks: float32 [out/16, in, 16], each block's 16 columns
+    of one input row side by side; bfloat16 [out/16, in/2, 16, 2], each column's two weights of
+    an input-row pair side by side (what one `vdpbf16ps` multiplies)."""
+    w = weight.detach().contiguous()
+    out_f, in_f = w.shape
+    if w.dtype == torch.float32:
+        return w.view(out_f // DENSE_BLOCK_N, DENSE_BLOCK_N, in_f).transpose(1, 2).contiguous()
+    blocks = w.view(out_f // DENSE_BLOCK_N, DENSE_BLOCK_N, in_f // 2, 2)
+    return blocks.permute(0, 2, 1, 3).contiguous()
+
+
+def prepack_weight(weight: torch.Tensor, tp_size: int = 1) -> torch.Tensor:
+    """[out, in] float weight -> its packed copy for the backend `pick_backend` chose."""
+    backend = pick_backend(weight, tp_size)
+    if backend == "dense":
+        return pack_dense(weight)
+    if backend == "onednn":
+        # batch_size=None: let oneDNN pick one layout for every number of rows (a hint of 1 or
+        # 16 picked the same speed here), so decode and prefill share the one copy.
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
+    raise ValueError(f"no packed form of a {weight.dtype} {weight.device.type} weight here")
+
+
+def dense_linear(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    portable: bool = False,
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` computed by the dense kernel from `pack_dense(weight)`.
+    `portable=True` runs its plain-loop version (tests)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.ops.vllm_mini_C.dense_gemm(x2, packed_weight, bias, portable)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def onednn_linear(
     x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` computed from `prepack_weight(weight)`."""
+    """`F.linear(x, weight, bias)` computed by oneDNN from its packed copy of weight."""
     if torch.compiler.is_compiling():  # dynamo must see our opaque op (see above)
         return torch.ops.vllm_mini.onednn_linear(x, packed_weight, bias)
     # Eager: call oneDNN directly; the wrapper op's dispatch costs ~5 us x 121 matmuls a step.
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
+def packed_linear(
+    x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` from `prepack_weight(weight)`, whichever backend packed it."""
+    # oneDNN's copy keeps the [out, in] shape (an opaque "mkldnn" tensor); the dense blocks are
+    # 3-D (float32) or 4-D (bfloat16). The shape, unlike `is_mkldnn`, survives torch.compile's
+    # fake tensors.
+    if packed_weight.dim() == 2:
+        return onednn_linear(x, packed_weight, bias)
+    return dense_linear(x, packed_weight, bias)

@@ -40,11 +40,11 @@ class UnquantizedEmbeddingMethod(UnquantizedLinearMethod):
     """
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        # The LM head gets a oneDNN-prepacked copy (layers/utils.py): 1.9x at 1 row and 2.4x at
-        # 16 in fp32, on the step's largest matmul, for one more copy of the table (113 MB fp32
-        # for SmolLM2). The plain table stays: F.embedding looks rows up in it.
+        # The LM head gets a prepacked copy (layers/utils.py; oneDNN's was 1.9x F.linear at 1 row
+        # and 2.4x at 16 in fp32), on the step's largest matmul, for one more copy of the table
+        # (113 MB fp32 for SmolLM2). The plain table stays: F.embedding looks rows up in it.
         if isinstance(layer, ParallelLMHead) and can_prepack(layer.weight, layer.tp_size):
-            layer.weight_packed = prepack_weight(layer.weight)
+            layer.weight_packed = prepack_weight(layer.weight, layer.tp_size)
 
     def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, layer.weight)
