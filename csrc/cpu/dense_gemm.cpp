@@ -1,9 +1,9 @@
 // Dense GEMM for the CPU: y = x @ W^T (+ bias) for float32 and bfloat16 weights, packed at load.
 //
-// Stage 2 (the CPU fast path of every unquantized linear layer and the LM head). Mirrors the
-// role of vllm/csrc/cpu/sgl-kernels/gemm.cpp (`weight_packed_linear` on a weight repacked once by
-// `convert_weight_packed`) and of the micro-kernels in vllm/csrc/cpu/micro_gemm/; vLLM's CPU
-// backend otherwise calls oneDNN (vllm/csrc/cpu/dnnl_helper.cpp), as our `onednn` backend does.
+// Stage 2 (the CPU fast path of every unquantized linear layer and the LM head). Takes the place
+// of vllm/csrc/cpu/dnnl_kernels.cpp, through which vLLM's CPU backend runs oneDNN's matmul on
+// prepacked weights (our `onednn` backend does the same); newer vLLM also carries its own CPU
+// GEMMs on repacked weights (csrc/cpu/sgl-kernels/gemm.cpp, csrc/cpu/micro_gemm/).
 // Our own layout and loop. The weight is repacked at load time (layers/utils.py, `pack_dense`):
 //   float32   [N/16, K, 16]: column block b, row k, column j holds W[16b + j, k];
 //   bfloat16  [N/16, K/2, 16, 2]: column block b, row pair p, column j holds the two weights
@@ -21,13 +21,15 @@
 // is what gets them from memory fastest.
 //
 // Cache blocking. For 7+ rows the same 64 columns are read again for each group of 6 rows; that
-// panel (4 blocks x K x 64 bytes) should come from L2, so K is cut into chunks of kChunk rows
-// (a 128 KB panel chunk), the partial sums going through y between chunks.
+// panel (4 blocks x K x 4 or 2 bytes x 16) should come from L2, so K is cut into chunks whose
+// panel stays under kPanelBytes, the partial sums kept in float between chunks (one chunk for
+// SmolLM2's bfloat16 layers, two for its float32 down_proj).
 //
-// Work split: at::parallel_for over 16-column blocks (each thread takes a contiguous range, so
-// both stream their own part of the weight); in its range a thread runs 4-block tiles, then
-// single blocks for what is left. Measured against oneDNN's matmul on the same packed-once
-// weights, a whole SmolLM2 step's linears: benchmarks/RESULTS.md. Two implementations, as in
+// Work split (`run`): at decode sizes (up to 6 rows) at::parallel_for over 16-column blocks, each
+// thread streaming its own contiguous part of the weight; with more rows, over 64-column tiles x
+// groups of rows, so that both threads stay busy on a layer of few tiles. Measured against
+// oneDNN's matmul, each on weights packed once, over a whole SmolLM2 step's 121 matmuls
+// (benchmarks/cpu_gemm.py): 1.0-1.3x at 1-64 rows, 0.96-0.99x at 256-1024 (benchmarks/RESULTS.md). Two implementations, as in
 // w4a16_gemm.cpp: intrinsics where the compiler targets AVX-512 (and AVX512-BF16 for bfloat16),
 // plain loops elsewhere (the tests run both, `portable=True`). Called from layers/utils.py.
 #include <torch/extension.h>

@@ -14,9 +14,9 @@ Three backends, picked by `VLLM_MINI_CPU_GEMM` (read when the model loads):
   - "dense" (the default): our own kernel, csrc/cpu/dense_gemm.cpp, on the weight repacked into
     16-column blocks (`pack_dense`): a 6-row x 64-column register tile of AVX-512 FMAs
     (`vdpbf16ps` for bfloat16). Measured on a whole SmolLM2 step's linears against oneDNN on
-    its own packed weights: 1.1-1.4x at 1-64 rows, level at 256-1024 (benchmarks/RESULTS.md);
+    its own packed weights: 1.0-1.3x at 1-64 rows, 0.96-0.99x at 256-1024 (benchmarks/RESULTS.md);
     at decode sizes oneDNN's fixed cost per call (~10 us, x 121 matmuls a step) is what we save.
-  - "onednn": what vLLM's CPU backend calls (vllm/csrc/cpu/dnnl_helper.cpp): oneDNN's matmul on
+  - "onednn": what vLLM's CPU backend calls (vLLM's csrc/cpu/dnnl_kernels.cpp): oneDNN's matmul on
     its blocked layout (`torch.ops.mkldnn._reorder_linear_weight` at load, then
     `torch.ops.mkldnn._linear_pointwise`; the two ops inductor emits when it freezes a CPU
     model). Also the fallback for a weight the dense kernel cannot take (out features not a
