@@ -38,6 +38,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -264,14 +265,14 @@ torch::Tensor dense_gemm(const torch::Tensor& x, const torch::Tensor& packed,
   TORCH_CHECK(packed.scalar_type() == dtype && packed.is_contiguous(),
               "dense_gemm: the packed weight must be contiguous and of x's dtype (", dtype, ")");
   const bool is_bf16 = dtype == torch::kBFloat16;
-  TORCH_CHECK(packed.dim() == (is_bf16 ? 4 : 3) && packed.size(2) == kBlockN,
+  TORCH_CHECK(packed.dim() == (is_bf16 ? 4 : 3) && packed.size(2) == kBlockN &&
+                  (!is_bf16 || packed.size(3) == 2),
               "dense_gemm: packed weight must be [N/16, K, 16] (float32) or "
               "[N/16, K/2, 16, 2] (bfloat16), got ", packed.sizes());
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0) * kBlockN;
   TORCH_CHECK(packed.size(1) * (is_bf16 ? 2 : 1) == K, "dense_gemm: the weight holds K=",
               packed.size(1) * (is_bf16 ? 2 : 1), " but x has K=", K);
-  torch::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();  // rows may be strided, not columns
-  if (is_bf16 && xc.stride(0) % 2 != 0) xc = xc.contiguous();  // x pairs are read as one int32
+  const torch::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();  // rows may be strided
   torch::Tensor bias_f;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "dense_gemm: bias must be [", N, "]");

@@ -20,7 +20,6 @@ from vllm_mini.distributed import simulate_tensor_parallel
 from vllm_mini.model_executor.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from vllm_mini.model_executor.layers.utils import (
     GEMM_ENV,
-    can_prepack,
     dense_linear,
     dense_supports,
     onednn_linear,
@@ -117,17 +116,18 @@ def test_which_weights_are_packed_and_by_which_backend(monkeypatch):
     _need_dense(torch.float32)
     assert pick_backend(torch.empty(64, 4)) == "dense"  # the default
     assert pick_backend(torch.empty(100, 37)) == "onednn"  # 100 is not a multiple of 16
-    assert not can_prepack(torch.empty(8, 4, dtype=torch.float16))
-    assert not can_prepack(torch.empty(16, 4, device="meta"))  # any non-CPU device
-    assert not can_prepack(torch.empty(16))
-    assert not can_prepack(torch.empty(16, 4), tp_size=2)
+    assert pick_backend(torch.empty(16, 4, dtype=torch.float16)) == "torch"
+    assert pick_backend(torch.empty(16, 4, device="meta")) == "torch"  # any non-CPU device
+    assert pick_backend(torch.empty(16)) == "torch"
+    assert pick_backend(torch.empty(16, 4), tp_size=2) == "torch"
+    assert prepack_weight(torch.empty(16, 4), tp_size=2) is None
     monkeypatch.setenv(GEMM_ENV, "onednn")
     assert pick_backend(torch.empty(64, 4)) == "onednn"
     monkeypatch.setenv(GEMM_ENV, "torch")
-    assert not can_prepack(torch.empty(64, 4))
+    assert prepack_weight(torch.empty(64, 4)) is None
     monkeypatch.setenv(GEMM_ENV, "fast")
     with pytest.raises(ValueError, match="VLLM_MINI_CPU_GEMM must be one of dense, onednn, torch"):
-        can_prepack(torch.empty(64, 4))
+        pick_backend(torch.empty(64, 4))
 
 
 def _loaded_layer(monkeypatch, backend: str, w, b):

@@ -23,7 +23,7 @@ from vllm_mini.distributed import (
     tensor_model_parallel_all_reduce,
 )
 from vllm_mini.model_executor.layers.quantization import QuantizationConfig, QuantizeMethodBase
-from vllm_mini.model_executor.layers.utils import can_prepack, packed_linear, prepack_weight
+from vllm_mini.model_executor.layers.utils import packed_linear, prepack_weight
 
 
 def divide(numerator: int, denominator: int) -> int:
@@ -60,10 +60,7 @@ class UnquantizedLinearMethod(QuantizeMethodBase):
             weight.data = weight.data.t().contiguous().t()
         # Like vLLM's CPU backend, go further: a copy prepacked for the GEMM kernel apply calls
         # (our dense kernel, or oneDNN; utils.py explains). The plain weight stays for F.linear.
-        tp_size = getattr(layer, "tp_size", 1)
-        layer.weight_packed = (
-            prepack_weight(weight, tp_size) if can_prepack(weight, tp_size) else None
-        )
+        layer.weight_packed = prepack_weight(weight, getattr(layer, "tp_size", 1))
 
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None

@@ -121,11 +121,6 @@ def pick_backend(weight: torch.Tensor, tp_size: int = 1) -> str:
     return "onednn" if _onednn_supports(weight) else "torch"
 
 
-def can_prepack(weight: torch.Tensor, tp_size: int = 1) -> bool:
-    """Whether `weight` ([out, in]) gets a packed copy (any backend but F.linear)."""
-    return pick_backend(weight, tp_size) != "torch"
-
-
 def pack_dense(weight: torch.Tensor) -> torch.Tensor:
     """[out, in] -> the dense kernel's blocks: float32 [out/16, in, 16], each block's 16 columns
     of one input row side by side; bfloat16 [out/16, in/2, 16, 2], each column's two weights of
@@ -138,8 +133,9 @@ def pack_dense(weight: torch.Tensor) -> torch.Tensor:
     return blocks.permute(0, 2, 1, 3).contiguous()
 
 
-def prepack_weight(weight: torch.Tensor, tp_size: int = 1) -> torch.Tensor:
-    """[out, in] float weight -> its packed copy for the backend `pick_backend` chose."""
+def prepack_weight(weight: torch.Tensor, tp_size: int = 1) -> torch.Tensor | None:
+    """[out, in] float weight -> its packed copy for the backend `pick_backend` chose; None when
+    that backend is F.linear (the layer keeps only its plain weight)."""
     backend = pick_backend(weight, tp_size)
     if backend == "dense":
         return pack_dense(weight)
@@ -147,7 +143,7 @@ def prepack_weight(weight: torch.Tensor, tp_size: int = 1) -> torch.Tensor:
         # batch_size=None: let oneDNN pick one layout for every number of rows (a hint of 1 or
         # 16 picked the same speed here), so decode and prefill share the one copy.
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-    raise ValueError(f"no packed form of a {weight.dtype} {weight.device.type} weight here")
+    return None
 
 
 def dense_linear(

@@ -22,7 +22,7 @@ from vllm_mini.distributed import (
 )
 from vllm_mini.model_executor.layers.linear import UnquantizedLinearMethod
 from vllm_mini.model_executor.layers.quantization import QuantizationConfig, QuantizeMethodBase
-from vllm_mini.model_executor.layers.utils import can_prepack, prepack_weight
+from vllm_mini.model_executor.layers.utils import prepack_weight
 
 # vLLM pads the vocab so every rank gets an equal, aligned slice.
 DEFAULT_VOCAB_PADDING_SIZE = 64
@@ -43,7 +43,7 @@ class UnquantizedEmbeddingMethod(UnquantizedLinearMethod):
         # The LM head gets a prepacked copy (layers/utils.py; oneDNN's was 1.9x F.linear at 1 row
         # and 2.4x at 16 in fp32), on the step's largest matmul, for one more copy of the table
         # (113 MB fp32 for SmolLM2). The plain table stays: F.embedding looks rows up in it.
-        if isinstance(layer, ParallelLMHead) and can_prepack(layer.weight, layer.tp_size):
+        if isinstance(layer, ParallelLMHead):
             layer.weight_packed = prepack_weight(layer.weight, layer.tp_size)
 
     def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
